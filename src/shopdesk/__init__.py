@@ -1,0 +1,1 @@
+"""ShopDesk: after-sales and customer service for e-commerce merchants."""

@@ -1,0 +1,41 @@
+"""Settings read from the environment (prefix SHOPDESK_)."""
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOPDESK_", env_file=".env", extra="ignore")
+
+    database_url: str = ""
+    var_dir: Path = Path("var")
+    secret_key: str = "dev-secret-change-me"
+    redis_url: str = ""
+    base_url: str = "http://127.0.0.1:8000"
+    # Outbound mail; an empty host keeps mail in the outbox as 'skipped' instead of failing.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    mail_from: str = "ShopDesk <noreply@shopdesk.local>"
+    # Where the sandbox payment provider listens; by default the app serves it itself.
+    sandbox_psp_url: str = ""
+    run_jobs_in_process: bool = True
+    job_interval_s: float = 1.0
+    log_level: str = "INFO"
+    upload_max_bytes: int = 10 * 1024 * 1024
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{(self.var_dir / 'shopdesk.db').resolve()}"
+
+    @property
+    def effective_sandbox_psp_url(self) -> str:
+        return self.sandbox_psp_url or f"{self.base_url}/sandbox-psp"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
