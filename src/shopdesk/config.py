@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     job_interval_s: float = 1.0
     log_level: str = "INFO"
     upload_max_bytes: int = 10 * 1024 * 1024
+    # A worker's claim on a refund; a worker killed mid-call loses it after this long.
+    refund_lease_s: float = 30.0
+    refund_retry_base_s: float = 2.0
 
     @property
     def effective_database_url(self) -> str:

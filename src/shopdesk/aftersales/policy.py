@@ -1,0 +1,55 @@
+"""A merchant's after-sales settings: timers, reasons, return address, Art. 17 option."""
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+
+from shopdesk.accounts.models import Merchant
+from shopdesk.aftersales.rules import SEED_REASONS, Policy
+
+# Rulebook §6 defaults, in hours.
+DEFAULT_TIMERS: dict[str, int] = {
+    "review_h": 48,
+    "offer_h": 48,
+    "ship_return_h": 7 * 24,
+    "receipt_after_signed_h": 7 * 24,
+    "receipt_without_tracking_h": 10 * 24,
+    "escalate_h": 7 * 24,
+    "confirm_replacement_h": 7 * 24,
+    "refund_target_h": 24,
+    "refund_alarm_h": 7 * 24,
+    "refund_hard_alarm_h": 15 * 24,
+}
+
+DEFAULTS: dict = {
+    "timers": DEFAULT_TIMERS,
+    "reasons": SEED_REASONS,
+    "return_address": None,
+    "art17_recalculation": False,
+    "free_shipping_threshold_fen": 9900,
+    "standard_shipping_fen": 1000,
+    "max_return_postage_fen": 2000,
+    "reject_templates": ["商品已影响二次销售", "超出售后期限", "未提供有效凭证", "与描述问题不符"],
+}
+
+
+def aftersales_settings(merchant: Merchant) -> dict:
+    stored = (merchant.settings or {}).get("aftersales", {})
+    merged = copy.deepcopy(DEFAULTS)
+    for key, value in stored.items():
+        if key == "timers":
+            merged["timers"].update(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def policy_of(merchant: Merchant) -> Policy:
+    s = aftersales_settings(merchant)
+    return Policy(time_zone=merchant.time_zone, art17_recalculation=bool(s["art17_recalculation"]),
+                  free_shipping_threshold_fen=s["free_shipping_threshold_fen"],
+                  standard_shipping_fen=s["standard_shipping_fen"], reasons=s["reasons"])
+
+
+def timer(settings: dict, name: str) -> timedelta:
+    return timedelta(hours=settings["timers"][name])

@@ -1,0 +1,120 @@
+"""The application factory: routers, error rendering, static files and the in-process job runner."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import AsyncIterator
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shopdesk.config import get_settings
+from shopdesk.core.db import get_engine
+from shopdesk.core.errors import DomainError
+from shopdesk.core.logging import configure
+
+log = structlog.get_logger("shopdesk")
+PROBLEM = "application/problem+json"
+ROOT = Path(__file__).resolve().parent
+NODE_MODULES = Path.cwd() / "node_modules"
+
+
+def problem(status: int, code: str, title: str, detail: str, **extra) -> JSONResponse:
+    body = {"type": f"https://shopdesk.dev/problems/{code}", "status": status, "title": title, "detail": detail,
+            "code": code, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, exc: DomainError):
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(exc.problem(), status_code=exc.status, media_type=PROBLEM)
+        from shopdesk.web.pages import html_error
+
+        return html_error(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        errors = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+            errors.append({"field": ".".join(loc) or "body", "detail": err.get("msg", "invalid")})
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return problem(400, "malformed_json", "Malformed JSON", "the body is not valid JSON",
+                           field="body", errors=errors)
+        first = errors[0] if errors else {"field": "body", "detail": "invalid"}
+        return problem(422, "validation_failed", "Validation failed", f"{first['field']}: {first['detail']}",
+                       field=first["field"], errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+        return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    get_engine()
+    stop = asyncio.Event()
+    runner = None
+    if settings.run_jobs_in_process:
+        from shopdesk.jobs.runner import run_forever
+
+        runner = asyncio.create_task(run_forever(stop))
+    yield
+    stop.set()
+    if runner:
+        await runner
+    from shopdesk.integrations.payments import close_providers
+    from shopdesk.integrations.payments.sandbox_psp import app as psp_app
+
+    await close_providers()
+    await psp_app.state.psp.aclose()
+    from shopdesk.core.db import dispose_engine
+
+    await dispose_engine()
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    configure(settings.log_level)
+    app = FastAPI(title="ShopDesk", version="1", lifespan=lifespan, docs_url="/api/docs",
+                  openapi_url="/api/v1/openapi.json")
+    install_error_handlers(app)
+
+    from shopdesk.accounts.api import router as accounts
+    from shopdesk.aftersales.api import router as aftersales
+    from shopdesk.customers.api import router as customers
+    from shopdesk.integrations.couriers.kuaidi100 import router as kuaidi100
+    from shopdesk.notifications.api import router as webhooks
+    from shopdesk.orders.api import router as orders
+    from shopdesk.refunds.api import router as refunds
+
+    for router in (accounts, customers, orders, aftersales, refunds, webhooks, kuaidi100):
+        app.include_router(router, prefix="/api/v1")
+
+    from shopdesk.integrations.payments.sandbox_psp import app as psp_app
+
+    app.mount("/sandbox-psp", psp_app)
+    app.mount("/static", StaticFiles(directory=ROOT / "web" / "static"), name="static")
+    if NODE_MODULES.exists():
+        app.mount("/vendor", StaticFiles(directory=NODE_MODULES), name="vendor")
+    try:
+        from shopdesk.web.pages import router as pages
+    except ImportError:  # pages are optional while they are being built
+        pages = None
+    if pages is not None:
+        app.include_router(pages)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict:
+        return {"ok": True}
+
+    return app

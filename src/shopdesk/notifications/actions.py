@@ -1,0 +1,61 @@
+"""Notifications: a Chinese email to the shopper on every state change, signed webhooks, staff alarms."""
+from __future__ import annotations
+
+import fnmatch
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopdesk.accounts.models import Staff
+from shopdesk.core.clock import isoformat, now
+from shopdesk.core.ids import new_id
+from shopdesk.core.outbox import enqueue
+from shopdesk.customers.models import Customer
+from shopdesk.notifications.models import Webhook
+
+_mail = Environment(loader=PackageLoader("shopdesk", "notifications/templates"),
+                    autoescape=select_autoescape(["html"]))
+
+STATUS_ZH = {
+    "requested": "待审核", "offer_pending": "待买家确认", "awaiting_return": "待退货", "awaiting_receipt": "待退款",
+    "repairing": "维修中", "awaiting_reship": "待换货", "awaiting_buyer_confirm": "换货中", "refunding": "退款中",
+    "refund_exception": "退款异常", "rejected": "审核拒绝", "escalated": "平台介入", "completed": "已完成",
+    "closed": "已关闭",
+}
+
+
+async def notify_case_change(session: AsyncSession, case, action: str) -> None:
+    """Queue the shopper's email and the merchant's webhooks for a case change (after commit)."""
+    from shopdesk.config import get_settings
+
+    customer = await session.get(Customer, case.customer_id)
+    if customer and customer.email:
+        body = _mail.get_template("case_changed.txt").render(
+            case=case, status_zh=STATUS_ZH.get(case.status, case.status), customer=customer,
+            link=f"{get_settings().base_url}/shop/cases/{case.id}")
+        enqueue(session, "email", {"to": customer.email,
+                                   "subject": f"【售后进度】{case.case_no} {STATUS_ZH.get(case.status, case.status)}",
+                                   "body": body}, case.merchant_id)
+    await emit_webhook(session, case.merchant_id, f"aftersales.{action}", {
+        "case": {"id": case.id, "case_no": case.case_no, "type": case.type, "status": case.status,
+                 "version": case.version, "order_id": case.order_id, "refund_fen": case.refund_fen,
+                 "deadline_at": isoformat(case.deadline_at)}})
+
+
+async def emit_webhook(session: AsyncSession, merchant_id: str, event: str, data: dict) -> None:
+    hooks = (await session.execute(select(Webhook).where(Webhook.merchant_id == merchant_id))).scalars()
+    for hook in hooks:
+        if any(fnmatch.fnmatchcase(event, pattern) for pattern in hook.events):
+            enqueue(session, "webhook", {"webhook_id": hook.id, "url": hook.url, "body": {
+                "id": new_id(), "event": event, "created_at": isoformat(now()), "data": data}}, merchant_id)
+
+
+async def notify_supervisors(session: AsyncSession, case, text: str) -> None:
+    staff = (await session.execute(select(Staff).where(
+        Staff.merchant_id == case.merchant_id, Staff.role.in_(("supervisor", "admin"))))).scalars()
+    for person in staff:
+        enqueue(session, "email", {"to": person.email, "subject": f"【退款告警】{case.case_no} {text}",
+                                   "body": f"售后单 {case.case_no} {text}，请尽快处理。"}, case.merchant_id)
+    await emit_webhook(session, case.merchant_id, "aftersales.refund_alarm",
+                       {"case": {"id": case.id, "case_no": case.case_no, "alarm": text}})

@@ -1,0 +1,89 @@
+"""Routes: refunds, provider notifications and payment settings."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from shopdesk.accounts.models import Merchant
+from shopdesk.core.audit import record
+from shopdesk.core.errors import NotFound, ValidationFailed
+from shopdesk.integrations.payments import PROVIDER_NAMES, BadNotification, get_provider
+from shopdesk.refunds.actions import (access_refund, apply_result, do_confirm_manual, do_resolve, payment_providers,
+                                      record_notification, refund_out)
+from shopdesk.web.deps import CurrentPrincipal, DbSession
+
+router = APIRouter()
+
+
+class ConfirmIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reference: str = Field(min_length=1, max_length=128)
+
+
+class ResolveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: str
+    note: str = Field(default="", max_length=1000)
+
+
+class PaymentSettingsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    providers: dict[str, str]
+
+
+@router.get("/refunds/{refund_no}")
+async def get_refund(refund_no: str, session: DbSession, principal: CurrentPrincipal) -> dict:
+    return refund_out(await access_refund(session, principal, refund_no))
+
+
+@router.post("/refunds/{refund_no}/confirm")
+async def confirm(refund_no: str, body: ConfirmIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        refund = await do_confirm_manual(session, principal, refund_no, body.reference)
+        return refund_out(refund)
+
+
+@router.post("/refunds/{refund_no}/resolve")
+async def resolve(refund_no: str, body: ResolveIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        return refund_out(await do_resolve(session, principal, refund_no, body.status, body.note))
+
+
+@router.post("/payments/notify/{provider_name}")
+async def notify(provider_name: str, request: Request, session: DbSession):
+    """A provider's refund notification: verified, de-duplicated, applied forward-only."""
+    try:
+        provider = get_provider(provider_name)
+    except KeyError as exc:
+        raise NotFound("no such provider") from exc
+    try:
+        note = provider.parse_notification(request.headers, await request.body())
+    except BadNotification as exc:
+        return JSONResponse({"code": "FAIL", "message": str(exc)}, status_code=400)
+    async with session.begin():
+        if await record_notification(session, provider_name, note.notify_id, note.refund_no, note.status):
+            await apply_result(session, note.refund_no, note.status, detail=f"notification {note.notify_id}")
+    return {"code": "SUCCESS", "message": "成功"}
+
+
+@router.get("/settings/payments")
+async def get_payments(session: DbSession, principal: CurrentPrincipal) -> dict:
+    merchant = await session.get(Merchant, principal.require_merchant_side())
+    return {"providers": payment_providers(merchant), "default": "manual", "available": list(PROVIDER_NAMES)}
+
+
+@router.put("/settings/payments")
+async def put_payments(body: PaymentSettingsIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    principal.require_role("admin")
+    for method, name in body.providers.items():
+        if name not in PROVIDER_NAMES:
+            raise ValidationFailed(f"provider must be one of {', '.join(PROVIDER_NAMES)}", field=f"providers.{method}")
+    async with session.begin():
+        merchant = await session.get(Merchant, principal.require_merchant_side(), with_for_update=True)
+        settings = dict(merchant.settings or {})
+        settings["payments"] = {"providers": dict(body.providers)}
+        merchant.settings = settings
+        record(session, merchant_id=merchant.id, actor_type=principal.actor, actor_id=principal.actor_id,
+               action="settings.payments", object_type="merchant", object_id=merchant.id, data=body.providers)
+        return {"providers": payment_providers(merchant), "default": "manual", "available": list(PROVIDER_NAMES)}

@@ -1,0 +1,35 @@
+"""FastAPI dependency aliases shared by every router."""
+from __future__ import annotations
+
+from typing import Annotated, AsyncIterator
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopdesk.accounts.auth import Principal, resolve
+from shopdesk.core.db import sessionmaker
+
+
+async def get_session() -> AsyncIterator[AsyncSession]:
+    async with sessionmaker()() as session:
+        yield session
+
+
+DbSession = Annotated[AsyncSession, Depends(get_session)]
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return None
+
+
+async def get_principal(request: Request, session: DbSession) -> Principal:
+    principal = await resolve(session, bearer(request))
+    request.state.principal = principal
+    await session.rollback()  # end the read that resolved it; handlers open their own transaction
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,100 @@
+"""Test set-up: one database per run (SQLite by default, PostgreSQL with SHOPDESK_TEST_DB=postgres)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+TMP = Path(tempfile.mkdtemp(prefix="shopdesk-test-"))
+PG_URL = os.environ.get("SHOPDESK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REQUIRE = os.environ.get("SHOPDESK_TEST_REQUIRE_SERVICES") == "1"
+BACKEND = os.environ.get("SHOPDESK_TEST_DB", "sqlite")
+
+os.environ["SHOPDESK_VAR_DIR"] = str(TMP)
+os.environ["SHOPDESK_RUN_JOBS_IN_PROCESS"] = "0"
+os.environ["SHOPDESK_SECRET_KEY"] = "test-secret-key-0123456789abcdef"
+os.environ["SHOPDESK_BASE_URL"] = "http://testserver"
+os.environ["SHOPDESK_DATABASE_URL"] = PG_URL if BACKEND == "postgres" else f"sqlite+aiosqlite:///{TMP / 'test.db'}"
+ARTIFACTS = Path(os.environ.get("SHOPDESK_TEST_ARTIFACTS", "test-artifacts"))
+
+T0 = datetime(2026, 11, 6, 12, 0, tzinfo=timezone.utc)
+
+
+def pg_available() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def reset_postgres(url: str) -> None:
+    """Drop and recreate the public schema so migrations start from nothing."""
+    import psycopg
+
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
+def pytest_sessionstart(session):
+    from shopdesk.migrations.runner import upgrade
+
+    if BACKEND == "postgres":
+        if not pg_available():
+            if REQUIRE:
+                raise pytest.UsageError("PostgreSQL is required (SHOPDESK_TEST_REQUIRE_SERVICES=1) but not reachable")
+            return
+        reset_postgres(PG_URL)
+    upgrade()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def frozen_clock():
+    from shopdesk.core.clock import clock
+    from shopdesk.core.ratelimit import reset
+
+    clock.freeze(T0)
+    reset()
+    yield clock
+    clock.reset()
+
+
+@pytest.fixture(scope="session")
+def app():
+    from shopdesk.main import create_app
+
+    return create_app()
+
+
+@pytest.fixture
+async def client(app):
+    import httpx
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
+        yield c
+
+
+@pytest.fixture
+async def shop(client):
+    from tests.factories import make_shop
+
+    return await make_shop(client)
+
+
+@pytest.fixture
+async def other_shop(client):
+    from tests.factories import make_shop
+
+    return await make_shop(client)
