@@ -19,8 +19,10 @@ from shopdesk.aftersales import rules, states
 from shopdesk.aftersales.models import AftersaleCase, AftersaleEvent, AftersaleLine, CaseShipment, Upload
 from shopdesk.aftersales.policy import aftersales_settings, policy_of, timer
 from shopdesk.aftersales.schemas import ApproveIn, CaseIn, DeductionIn, QuoteIn
+from shopdesk.core import storage
 from shopdesk.core.audit import record
 from shopdesk.core.clock import now
+from shopdesk.core.ids import new_id
 from shopdesk.core.errors import Forbidden, NotFound, ValidationFailed, VersionConflict
 from shopdesk.core.records import next_number
 from shopdesk.notifications.actions import notify_case_change
@@ -128,6 +130,22 @@ async def do_quote(session: AsyncSession, principal: Principal, body: QuoteIn) -
         raise ValidationFailed("only the merchant sets deductions", field="deductions")
     q, _, _ = await _quote(session, principal, body)
     return q
+
+
+async def do_save_upload(session: AsyncSession, principal: Principal, data: bytes) -> Upload:
+    """Store a photo after checking it by content (JPEG/PNG/WebP, size-limited)."""
+    if principal.merchant_id is None:
+        raise NotFound("not found")
+    kind = storage.check_image(data)
+    upload_id = new_id()
+    ext = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}[kind]
+    path = storage.save(principal.merchant_id, f"{upload_id}.{ext}", data)
+    item = Upload(id=upload_id, merchant_id=principal.merchant_id,
+                  owner_type="customer" if principal.kind == "shopper" else "staff",
+                  owner_id=principal.customer_id or principal.staff_id or "api_key",
+                  content_type=kind, size=len(data), path=path)
+    session.add(item)
+    return item
 
 
 async def _check_photos(session: AsyncSession, principal: Principal, merchant_id: str, photo_ids: list[str]) -> None:

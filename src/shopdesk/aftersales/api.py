@@ -20,7 +20,6 @@ from shopdesk.core import storage
 from shopdesk.core.audit import record
 from shopdesk.core.clock import parse_instant
 from shopdesk.core.errors import NotFound, ValidationFailed
-from shopdesk.core.ids import new_id
 from shopdesk.core.pagination import clamp_limit, decode_cursor, encode_cursor
 from shopdesk.web.deps import CurrentPrincipal, DbSession
 from shopdesk.web.responses import create_once, page
@@ -149,20 +148,11 @@ async def case_action(case_id: str, action: str, request: Request, session: DbSe
 
 
 @router.post("/uploads", status_code=201)
-async def upload(request: Request, file: UploadFile, session: DbSession, principal: CurrentPrincipal) -> dict:
-    if principal.merchant_id is None:
-        raise NotFound("not found")
+async def upload(file: UploadFile, session: DbSession, principal: CurrentPrincipal) -> dict:
     data = await file.read(storage.get_settings().upload_max_bytes + 1)
-    kind = storage.check_image(data)
-    upload_id = new_id()
-    ext = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}[kind]
-    path = storage.save(principal.merchant_id, f"{upload_id}.{ext}", data)
     async with session.begin():
-        session.add(Upload(id=upload_id, merchant_id=principal.merchant_id,
-                           owner_type="customer" if principal.kind == "shopper" else "staff",
-                           owner_id=principal.customer_id or principal.staff_id or "api_key",
-                           content_type=kind, size=len(data), path=path))
-    return {"id": upload_id, "url": f"/api/v1/uploads/{upload_id}", "content_type": kind, "size": len(data)}
+        item = await actions.do_save_upload(session, principal, data)
+    return {"id": item.id, "url": f"/api/v1/uploads/{item.id}", "content_type": item.content_type, "size": item.size}
 
 
 @router.get("/uploads/{upload_id}")
