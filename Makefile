@@ -36,7 +36,7 @@ test: setup
 	$(MAKE) --no-print-directory test-postgres
 
 test-sqlite:
-	SHOPDESK_TEST_DB=sqlite $(BIN)/pytest -q -p no:cacheprovider
+	SHOPDESK_TEST_DB=sqlite $(BIN)/pytest -q -p no:cacheprovider -m "not postgres_only"
 
 test-postgres:
 	SHOPDESK_TEST_DB=postgres SHOPDESK_TEST_PG_URL=$(PG_URL) $(BIN)/pytest -q -p no:cacheprovider

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 TMP = Path(tempfile.mkdtemp(prefix="shopdesk-test-"))
-PG_URL = os.environ.get("SHOPDESK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BASE_PG_URL = os.environ.get("SHOPDESK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# Each test session gets a database of its own, so parallel runs never share tables.
+PG_DB = f"shopdesk_test_{os.getpid()}"
+PG_URL = BASE_PG_URL.rsplit("/", 1)[0] + "/" + PG_DB
 REQUIRE = os.environ.get("SHOPDESK_TEST_REQUIRE_SERVICES") == "1"
 BACKEND = os.environ.get("SHOPDESK_TEST_DB", "sqlite")
 
@@ -34,14 +37,18 @@ def pg_available() -> bool:
         return False
 
 
-def reset_postgres(url: str) -> None:
-    """Drop and recreate the public schema so migrations start from nothing."""
+def _admin(sql: str) -> None:
     import psycopg
 
-    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    plain = BASE_PG_URL.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
+        conn.execute(sql)
+
+
+def reset_postgres() -> None:
+    """Create this session's empty database so migrations start from nothing."""
+    _admin(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+    _admin(f'CREATE DATABASE "{PG_DB}"')
 
 
 def pytest_sessionstart(session):
@@ -52,12 +59,17 @@ def pytest_sessionstart(session):
             if REQUIRE:
                 raise pytest.UsageError("PostgreSQL is required (SHOPDESK_TEST_REQUIRE_SERVICES=1) but not reachable")
             return
-        reset_postgres(PG_URL)
+        reset_postgres()
     upgrade()
 
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(TMP, ignore_errors=True)
+    if BACKEND == "postgres" and pg_available():
+        try:
+            _admin(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+        except Exception:  # the next session with this pid drops it anyway
+            pass
 
 
 @pytest.fixture(autouse=True)
