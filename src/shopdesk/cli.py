@@ -104,9 +104,13 @@ def staff_create(merchant: Optional[str] = typer.Option(None, "--merchant"), ema
 
 
 @timers_app.command("run")
-def timers_run(now: Optional[str] = typer.Option(None, "--now", help="ISO-8601 instant (default: now)")) -> None:
+def timers_run(now: Optional[str] = typer.Option(None, "--now", help="ISO-8601 instant (default: now)"),
+               merchant: Optional[str] = typer.Option(None, "--merchant", help="only this merchant's timers")) -> None:
     """Run every timer due at that instant once and print how many fired."""
+    from shopdesk.accounts.actions import merchant_by_slug
     from shopdesk.core.clock import clock, parse_instant
+    from shopdesk.core.db import transaction
+    from shopdesk.core.errors import DomainError
     from shopdesk.jobs.runner import sweep_timers
 
     if now:
@@ -114,7 +118,18 @@ def timers_run(now: Optional[str] = typer.Option(None, "--now", help="ISO-8601 i
             clock.freeze(parse_instant(now))
         except ValueError:
             fail("--now must be an ISO-8601 instant, e.g. 2026-11-25T10:00:00Z")
-    typer.echo(run(sweep_timers()))
+
+    async def go() -> int:
+        merchant_id = None
+        if merchant:
+            async with transaction() as session:
+                merchant_id = (await merchant_by_slug(session, merchant)).id
+        return await sweep_timers(merchant_id=merchant_id)
+
+    try:
+        typer.echo(run(go()))
+    except DomainError as exc:
+        fail(exc.detail)
 
 
 @app.command()

@@ -24,10 +24,12 @@ from shopdesk.refunds.actions import apply_result, backoff, claim_due
 log = structlog.get_logger("shopdesk.jobs")
 
 
-async def sweep_timers(limit: int = 500) -> int:
+async def sweep_timers(limit: int = 500, merchant_id: str | None = None) -> int:
     """Fire every case deadline and refund alarm due now, each once; return how many fired."""
     at = now()
     due = or_(AftersaleCase.deadline_at <= at, AftersaleCase.alarm_at <= at)
+    if merchant_id:
+        due = due & (AftersaleCase.merchant_id == merchant_id)
     async with transaction() as session:
         ids = list((await session.execute(
             select(AftersaleCase.id).where(due).order_by(AftersaleCase.deadline_at).limit(limit))).scalars())
