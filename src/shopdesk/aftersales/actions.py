@@ -340,8 +340,8 @@ async def _start_refunds(session: AsyncSession, case: AftersaleCase, order: Orde
 
 
 async def do_approve(session: AsyncSession, principal: Principal, case_id: str, body: ApproveIn) -> AftersaleCase:
-    _merchant_actor(principal)
     case = await access_case(session, principal, case_id, lock=True)
+    _merchant_actor(principal)
     _check_version(case, body.expected_version)
     states.next_status("approve", case.status, case.type)
     order = await load_order(session, case.merchant_id, case.order_id, lock=True)
@@ -390,8 +390,8 @@ async def do_decline_offer(session: AsyncSession, principal: Principal, case_id:
 
 async def do_reject(session: AsyncSession, principal: Principal, case_id: str, reason: str,
                     expected_version: int | None = None) -> AftersaleCase:
-    _merchant_actor(principal)
     case = await access_case(session, principal, case_id, lock=True)
+    _merchant_actor(principal)
     _check_version(case, expected_version)
     case.reject_reason = reason
     await _move(session, case, "reject", principal.actor, principal.actor_id, reason)
@@ -425,8 +425,8 @@ async def do_receive(session: AsyncSession, principal: Principal | None, case_id
                      expected_version: int | None = None, *, case: AftersaleCase | None = None) -> AftersaleCase:
     """Record the returned goods' inspection; a timer passes principal=None (treated as received OK)."""
     if principal is not None:
-        _merchant_actor(principal)
         case = await access_case(session, principal, case_id, lock=True)
+        _merchant_actor(principal)
     assert case is not None
     _check_version(case, expected_version)
     actor, actor_id = (principal.actor, principal.actor_id) if principal else ("system", None)
@@ -448,16 +448,16 @@ async def do_receive(session: AsyncSession, principal: Principal | None, case_id
 
 
 async def do_repaired(session: AsyncSession, principal: Principal, case_id: str, note: str = "") -> AftersaleCase:
-    _merchant_actor(principal)
     case = await access_case(session, principal, case_id, lock=True)
+    _merchant_actor(principal)
     await _move(session, case, "repaired", principal.actor, principal.actor_id, note)
     return case
 
 
 async def do_reship(session: AsyncSession, principal: Principal, case_id: str, carrier: str,
                     tracking_no: str, expected_version: int | None = None) -> AftersaleCase:
-    _merchant_actor(principal)
     case = await access_case(session, principal, case_id, lock=True)
+    _merchant_actor(principal)
     _check_version(case, expected_version)
     states.next_status("reship", case.status, case.type)
     parcel = CaseShipment(merchant_id=case.merchant_id, case_id=case.id, direction="reship", carrier=carrier,
@@ -524,9 +524,9 @@ async def do_escalate(session: AsyncSession, principal: Principal, case_id: str,
 
 async def do_rule(session: AsyncSession, principal: Principal, case_id: str, ruling: str, note: str = "") -> AftersaleCase:
     """The platform operator rules on an escalated case."""
+    case = await access_case(session, principal, case_id, lock=True)
     if not principal.is_platform:
         raise Forbidden("only the platform rules on escalations", code="wrong_actor")
-    case = await access_case(session, principal, case_id, lock=True)
     if ruling == "merchant":
         await _move(session, case, "rule_for_merchant", "platform", principal.staff_id, note)
         return case
@@ -543,8 +543,8 @@ async def do_retry_refunds(session: AsyncSession, principal: Principal, case_id:
     """After a definite failure: new refund numbers that supersede the failed ones (rulebook 7.5)."""
     from shopdesk.refunds.actions import supersede_failed
 
-    _merchant_actor(principal)
     case = await access_case(session, principal, case_id, lock=True)
+    _merchant_actor(principal)
     states.next_status("refund_retry", case.status, case.type)
     minted = await supersede_failed(session, case)
     await _move(session, case, "refund_retry", principal.actor, principal.actor_id, note,

@@ -197,8 +197,8 @@ async def do_confirm_manual(session: AsyncSession, principal: Principal, refund_
 
 async def do_resolve(session: AsyncSession, principal: Principal, refund_no: str, status: str, note: str) -> Refund:
     """Settle a refund by hand after checking with the provider: abnormal ones, or manual ones that failed."""
-    principal.require_role("supervisor", "admin")
     refund = await access_refund(session, principal, refund_no)
+    principal.require_role("supervisor", "admin")
     if status not in ("succeeded", "failed"):
         raise ValidationFailed("status must be succeeded or failed", field="status")
     if refund.status not in ("abnormal",) and not (refund.provider == "manual" and refund.status in OPEN_STATUSES):

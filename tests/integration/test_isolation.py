@@ -1,0 +1,96 @@
+"""Isolation: every API route with a resource id, called with another merchant's key or another shopper's token, is 404."""
+import re
+
+from tests.integration.aftersales.test_flows import act, create
+
+PUBLIC = {"/api/v1/payments/notify/{provider_name}"}
+
+
+async def build_objects(shop) -> dict:
+    order = await shop.order()
+    buyer = await shop.shopper(order)
+    photo = await shop.photo(buyer)
+    case = await create(shop, order, buyer, "compensation", "price_drop", [("A", 1)], amount_fen=100)
+    case = await act(shop, case, "approve", token=shop.agent_token)
+    return {"case_id": case["id"], "order_id": order["id"], "refund_no": case["refunds"][0]["refund_no"],
+            "upload_id": photo, "external_id": order["customer_id"], "buyer": buyer}
+
+
+def id_routes(app) -> list[tuple[str, str]]:
+    """Every API route that names a resource, read from the app's own OpenAPI document."""
+    out = []
+    for path, methods in app.openapi()["paths"].items():
+        if path.startswith("/api/v1") and "{" in path and path not in PUBLIC:
+            out.extend((method.upper(), path) for method in methods)
+    return sorted(out)
+
+
+def fill(path: str, objects: dict, action: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: action if m.group(1) == "action" else objects[m.group(1)], path)
+
+
+# A valid body for each action, so the call reaches the access check (a bad body is 422 for anyone).
+ACTIONS = {"approve": {}, "reject": {"reason": "x"}, "accept-offer": {}, "decline-offer": {},
+           "ship-return": {"carrier": "sf", "tracking_no": "SF0001"}, "receive": {"outcome": "ok"}, "repaired": {},
+           "reship": {"carrier": "sf", "tracking_no": "SF0002"}, "confirm": {}, "cancel": {}, "escalate": {},
+           "rule": {"for": "buyer"}, "retry-refund": {}}
+BODIES = {"/api/v1/refunds/{refund_no}/confirm": {"reference": "r"},
+          "/api/v1/refunds/{refund_no}/resolve": {"status": "succeeded"},
+          "/api/v1/orders/{order_id}/shipments": {"carrier": "sf", "tracking_no": "SF3", "line_nos": ["2"],
+                                                  "shipped_at": "2026-11-06T12:00:00Z"}}
+
+
+async def test_every_route_hides_other_tenants_and_other_shoppers(app, shop, other_shop, client):
+    objects = await build_objects(shop)
+    # another shopper of the same merchant
+    stranger = await shop.shopper(await shop.order(external_id="stranger"))
+    callers = {"other merchant key": other_shop.key, "other merchant staff": other_shop.agent_token,
+               "other shopper": stranger}
+    routes = id_routes(app)
+    assert len(routes) >= 9
+    checked = 0
+    for method, path in routes:
+        for action in (ACTIONS if "{action}" in path else [""]):
+            url = fill(path, objects, action)
+            body = ACTIONS[action] if action else BODIES.get(path, {})
+            for who, token in callers.items():
+                if who == "other shopper" and "/customers/" in path:
+                    continue  # a merchant-key-only route: a shopper has no business here at all
+                r = await client.request(method, url, json=body if method != "GET" else None,
+                                         headers={"Authorization": f"Bearer {token}"})
+                assert r.status_code == 404, f"{who} {method} {url} → {r.status_code} {r.text}"
+                checked += 1
+    assert checked > 40
+    # and nothing moved: the case is as the owner left it
+    case = (await shop.get(f"/aftersales/{objects['case_id']}")).json()
+    assert case["status"] == "refunding" and case["version"] == 2
+
+
+async def test_lists_show_only_own_data(shop, other_shop):
+    objects = await build_objects(shop)
+    for path in ("/aftersales", "/orders"):
+        items = (await other_shop.get(path)).json()["items"]
+        assert objects["order_id"] not in {i.get("order_id", i.get("id")) for i in items}
+    stranger = await shop.shopper(await shop.order(external_id="stranger2"))
+    assert (await shop.get("/aftersales", token=stranger)).json()["items"] == []
+
+
+async def test_no_token_or_bad_token_is_401(client):
+    assert (await client.get("/api/v1/aftersales")).status_code == 401
+    r = await client.get("/api/v1/aftersales", headers={"Authorization": "Bearer nonsense"})
+    assert r.status_code == 401 and r.headers["content-type"].startswith("application/problem+json")
+    r = await client.get("/api/v1/aftersales", headers={"Authorization": "Bearer sk_deadbeef_nope"})
+    assert r.status_code == 401
+
+
+async def test_order_lookup_miss_says_nothing_and_is_rate_limited(shop, client):
+    order = await shop.order()
+    wrong_phone = await client.post("/api/v1/shopper/lookup", json={"store": "main", "order_no": order["order_no"],
+                                                                    "phone": "13999999999"})
+    wrong_order = await client.post("/api/v1/shopper/lookup", json={"store": "main", "order_no": "NOPE",
+                                                                    "phone": "13800000000"})
+    assert wrong_phone.status_code == wrong_order.status_code == 404
+    assert wrong_phone.json()["detail"] == wrong_order.json()["detail"]
+    codes = [(await client.post("/api/v1/shopper/lookup", json={"store": "main", "order_no": order["order_no"],
+                                                                "phone": "10000000000"})).status_code for _ in range(12)]
+    assert 429 in codes
