@@ -90,7 +90,7 @@ async def _parse(request: Request, model):
         raw = await request.body()
         data = json.loads(raw) if raw.strip() else {}
     except ValueError as exc:
-        raise ValidationFailed("the body is not valid JSON", code="malformed_json", field="body") from exc
+        raise ValidationFailed("the body is not valid JSON", code="malformed_json", field="body", status=400) from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:
