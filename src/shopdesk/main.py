@@ -52,6 +52,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(422, "validation_failed", "Validation failed", f"{first['field']}: {first['detail']}",
                        field=first["field"], errors=errors)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unhandled_error", method=request.method, path=request.url.path)
+        return problem(500, "internal_error", "Internal error", "something went wrong on our side; it is logged")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
