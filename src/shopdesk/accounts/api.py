@@ -8,7 +8,10 @@ from sqlalchemy import select
 from shopdesk.accounts.actions import do_create_store, do_login
 from shopdesk.accounts.models import Store
 from shopdesk.web.deps import CurrentPrincipal, DbSession
-from shopdesk.web.responses import create_once
+from shopdesk.core.clock import isoformat
+from shopdesk.core.pagination import clamp_limit, decode_cursor, encode_cursor
+from shopdesk.core.records import AuditLog
+from shopdesk.web.responses import create_once, page
 
 router = APIRouter()
 
@@ -55,3 +58,26 @@ async def list_stores(session: DbSession, principal: CurrentPrincipal) -> dict:
     stores = (await session.execute(select(Store).where(Store.merchant_id == merchant_id).order_by(Store.code))).scalars()
     secret = principal.kind == "merchant_key" or principal.role == "admin"
     return {"items": [store_out(s, with_secret=secret) for s in stores], "next_cursor": None}
+
+
+@router.get("/audit-log")
+async def audit_log(session: DbSession, principal: CurrentPrincipal, object_id: str | None = None,
+                    action: str | None = None, limit: int | None = None, cursor: str | None = None) -> dict:
+    """The merchant's audit trail (admins and supervisors), newest first."""
+    merchant_id = principal.require_merchant_side()
+    principal.require_role("admin", "supervisor")
+    size = clamp_limit(limit)
+    stmt = select(AuditLog).where(AuditLog.merchant_id == merchant_id)
+    if object_id:
+        stmt = stmt.where(AuditLog.object_id == object_id)
+    if action:
+        stmt = stmt.where(AuditLog.action == action)
+    after = decode_cursor(cursor)
+    if after:
+        stmt = stmt.where(AuditLog.id < after[0])
+    rows = list((await session.execute(stmt.order_by(AuditLog.id.desc()).limit(size + 1))).scalars())
+    more = len(rows) > size
+    rows = rows[:size]
+    return page([{"id": r.id, "at": isoformat(r.at), "actor_type": r.actor_type, "actor_id": r.actor_id,
+                  "action": r.action, "object_type": r.object_type, "object_id": r.object_id, "data": r.data}
+                 for r in rows], encode_cursor([rows[-1].id]) if more else None)

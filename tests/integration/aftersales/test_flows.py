@@ -185,3 +185,15 @@ async def test_list_filters_and_search(shop):
     assert r2["items"][0]["id"] != r["items"][0]["id"] and r2["next_cursor"] is None
     mine = (await shop.get("/aftersales", token=buyer)).json()
     assert len(mine["items"]) == 2
+
+
+async def test_audit_log_records_money_and_case_changes(shop):
+    order = await shop.order()
+    buyer = await shop.shopper(order)
+    case = await create(shop, order, buyer, "compensation", "price_drop", [("A", 1)], amount_fen=300)
+    await act(shop, case, "approve", token=shop.agent_token)
+    r = await shop.get("/audit-log", token=shop.admin_token, params={"object_id": case["id"]})
+    assert [e["action"] for e in r.json()["items"]] == ["aftersales.approve", "aftersales.create"]
+    refunds = (await shop.get("/audit-log", token=shop.admin_token, params={"action": "refund.create"})).json()
+    assert sum(e["data"]["amount_fen"] for e in refunds["items"] if e["data"]["case_id"] == case["id"]) == 300
+    assert (await shop.get("/audit-log", token=shop.agent_token)).status_code == 403

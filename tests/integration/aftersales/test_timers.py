@@ -82,3 +82,26 @@ async def test_rejected_case_closes_after_escalation_window(shop):
     assert timers_run(shop, T0 + timedelta(days=7, seconds=1)) == 1
     case = (await shop.get(f"/aftersales/{case['id']}")).json()
     assert case["status"] == "closed"
+
+
+async def test_two_sweepers_at_once_fire_each_timer_once(shop):
+    # Given five cases waiting for review
+    cases = []
+    for _ in range(5):
+        order = await shop.order()
+        cases.append(await create(shop, order, await shop.shopper(order), "return_refund", "no_reason_7d", [("A", 1)]))
+    # When two nodes sweep at the same instant
+    at = (T0 + timedelta(hours=49)).isoformat()
+    cmd = [sys.executable, "-m", "shopdesk.cli", "timers", "run", "--now", at, "--merchant", shop.slug]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+             for _ in range(2)]
+    fired = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        fired.append(int(out.strip().splitlines()[-1]))
+    # Then each case was approved exactly once, by one of them
+    assert sum(fired) == 5, fired
+    for case in cases:
+        case = (await shop.get(f"/aftersales/{case['id']}")).json()
+        assert [e["action"] for e in case["events"]] == ["create", "auto_approve"]
