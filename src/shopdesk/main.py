@@ -21,7 +21,9 @@ from shopdesk.core.logging import configure
 log = structlog.get_logger("shopdesk")
 PROBLEM = "application/problem+json"
 ROOT = Path(__file__).resolve().parent
-NODE_MODULES = Path.cwd() / "node_modules"
+# The checkout's node_modules (editable install), else the working directory's.
+NODE_MODULES = next((p for p in (ROOT.parent.parent / "node_modules", Path.cwd() / "node_modules") if p.exists()),
+                    Path.cwd() / "node_modules")
 
 
 def problem(status: int, code: str, title: str, detail: str, **extra) -> JSONResponse:
@@ -111,12 +113,9 @@ def create_app() -> FastAPI:
     app.mount("/static", StaticFiles(directory=ROOT / "web" / "static"), name="static")
     if NODE_MODULES.exists():
         app.mount("/vendor", StaticFiles(directory=NODE_MODULES), name="vendor")
-    try:
-        from shopdesk.web.pages import router as pages
-    except ImportError:  # pages are optional while they are being built
-        pages = None
-    if pages is not None:
-        app.include_router(pages)
+    from shopdesk.web.pages import router as pages
+
+    app.include_router(pages)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:

@@ -561,6 +561,9 @@ async def on_refunds_changed(session: AsyncSession, case_id: str) -> None:
     refunds = list((await session.execute(select(Refund).where(Refund.case_id == case_id))).scalars())
     superseded = {r.supersedes for r in refunds if r.supersedes}
     live = [r for r in refunds if r.refund_no not in superseded]
+    if case.status == "refund_exception" and live and not any(r.status in ("failed", "abnormal") for r in live):
+        # Fixed without a retry (an abnormal refund settled by hand or by the provider): back to refunding (§5).
+        await _move(session, case, "refund_retry", "system", None, "异常退款已处理")
     if case.status == "refunding":
         if live and all(r.status == "succeeded" for r in live):
             await _move(session, case, "refunds_settled", "system", None, "退款成功")

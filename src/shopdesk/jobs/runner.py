@@ -75,22 +75,38 @@ async def _settle(claim, retry_base_s: float) -> None:
 
 async def process_refunds(limit: int = 100, lease_s: float | None = None, retry_base_s: float | None = None,
                           concurrency: int = 16) -> int:
+    """Settle up to limit due refunds, at most `concurrency` at once, each claimed just before it is worked on.
+
+    A lease only has to outlast one attempt, not a queue behind other refunds' timeouts: a lease that
+    ran out in the queue let a second worker take the same refund (harmless for the money, the
+    refund_no is the idempotency key, but every claim counts as an attempt and doubles the back-off).
+    """
     settings = get_settings()
     lease = lease_s if lease_s is not None else settings.refund_lease_s
     base = retry_base_s if retry_base_s is not None else settings.refund_retry_base_s
     async with transaction() as session:
-        claims = await claim_due(session, limit=limit, lease_s=lease)
-    gate = asyncio.Semaphore(concurrency)
+        first = await claim_due(session, limit=min(concurrency, limit), lease_s=lease)
+    claimed = len(first)
 
-    async def one(claim) -> None:
-        async with gate:
+    async def lane(claim) -> None:
+        nonlocal claimed
+        while claim is not None:
             try:
                 await _settle(claim, base)
             except Exception:  # the lease expires and another pass retries it
                 log.exception("refund_attempt_failed", refund_no=claim.refund_no)
+            claim = None
+            if claimed < limit:
+                claimed += 1
+                async with transaction() as session:
+                    more = await claim_due(session, limit=1, lease_s=lease)
+                if more:
+                    claim = more[0]
+                else:
+                    claimed -= 1
 
-    await asyncio.gather(*(one(c) for c in claims))
-    return len(claims)
+    await asyncio.gather(*(lane(c) for c in first))
+    return claimed
 
 
 async def _send_email(payload: dict) -> str:

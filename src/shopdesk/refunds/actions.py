@@ -98,6 +98,9 @@ async def apply_result(session: AsyncSession, refund_no: str, status: str, *, pr
     if refund is None:
         return None
     if status in ("unknown", "not_found"):
+        if refund.status in FINAL_STATUSES:
+            # Settled meanwhile (a notification beat a timed-out answer): keep its outcome and detail.
+            return refund
         if refund.status == "created":
             refund.status = "unknown"
         refund.last_error = detail or status
