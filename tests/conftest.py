@@ -52,7 +52,14 @@ def reset_postgres() -> None:
 
 
 def pytest_sessionstart(session):
+    from pwdlib import PasswordHash
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    import shopdesk.core.security as security
     from shopdesk.migrations.runner import upgrade
+
+    # Real argon2, at a cost that suits hundreds of test logins (production keeps the recommended cost).
+    security._passwords = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
 
     if BACKEND == "postgres":
         if not pg_available():
