@@ -17,8 +17,8 @@ from shopdesk.accounts.auth import Principal
 from shopdesk.accounts.models import Merchant
 from shopdesk.aftersales import rules, states
 from shopdesk.aftersales.models import AftersaleCase, AftersaleEvent, AftersaleLine, CaseShipment, Upload
-from shopdesk.aftersales.policy import aftersales_settings, policy_of, timer
-from shopdesk.aftersales.schemas import ApproveIn, CaseIn, DeductionIn, QuoteIn
+from shopdesk.aftersales.policy import DEFAULT_TIMERS, aftersales_settings, policy_of, timer
+from shopdesk.aftersales.schemas import ApproveIn, CaseIn, DeductionIn, QuoteIn, SettingsIn
 from shopdesk.core import storage
 from shopdesk.core.audit import record
 from shopdesk.core.clock import now
@@ -125,10 +125,12 @@ async def _quote(session: AsyncSession, principal: Principal, body: QuoteIn, *, 
     return rules.quote(view, req, now(), policy_of(merchant)), order, merchant
 
 
-async def do_quote(session: AsyncSession, principal: Principal, body: QuoteIn) -> rules.Quote:
+async def do_quote(session: AsyncSession, principal: Principal, body: QuoteIn,
+                   exclude_case: str | None = None) -> rules.Quote:
+    """Quote a request; exclude_case leaves a rejected case's own lines out (a resubmission)."""
     if body.deductions and not principal.is_merchant_side:
         raise ValidationFailed("only the merchant sets deductions", field="deductions")
-    q, _, _ = await _quote(session, principal, body)
+    q, _, _ = await _quote(session, principal, body, exclude_case=exclude_case)
     return q
 
 
@@ -671,3 +673,27 @@ async def on_parcel_signed(session: AsyncSession, parcel: CaseShipment) -> None:
         _arm(case, settings, now())
         _event(session, case, "system", None, "parcel_signed", case.status, case.status,
                f"{parcel.carrier} {parcel.tracking_no} 已签收", data={"direction": parcel.direction})
+
+
+def do_update_settings(session: AsyncSession, principal: Principal, merchant: Merchant, body: SettingsIn) -> dict:
+    """Change a merchant's after-sales settings (checked, audited)."""
+    changes = body.model_dump(exclude_none=True)
+    for name, hours in (changes.get("timers") or {}).items():
+        if name not in DEFAULT_TIMERS:
+            raise ValidationFailed(f"unknown timer '{name}'", field=f"timers.{name}")
+        if hours < 1 or hours > 24 * 90:
+            raise ValidationFailed("between 1 hour and 90 days", field=f"timers.{name}")
+    for code, reason in (changes.get("reasons") or {}).items():
+        if reason.get("responsibility") not in ("buyer", "merchant", "undetermined") or not reason.get("label"):
+            raise ValidationFailed("each reason needs a label and a responsibility of buyer, merchant or undetermined",
+                                   field=f"reasons.{code}")
+    settings = dict(merchant.settings or {})
+    current = dict(settings.get("aftersales", {}))
+    if "timers" in changes:
+        current["timers"] = {**current.get("timers", {}), **changes.pop("timers")}
+    current.update(changes)
+    settings["aftersales"] = current
+    merchant.settings = settings
+    record(session, merchant_id=merchant.id, actor_type=principal.actor, actor_id=principal.actor_id,
+           action="settings.aftersales", object_type="merchant", object_id=merchant.id, data=changes)
+    return aftersales_settings(merchant)

@@ -17,7 +17,6 @@ from shopdesk.aftersales.queries import list_cases, refunds_by_case
 from shopdesk.aftersales.schemas import (ApproveIn, CaseIn, NoteIn, QuoteIn, ReceiveIn, RejectIn, RulingIn, SettingsIn,
                                          WaybillIn)
 from shopdesk.core import storage
-from shopdesk.core.audit import record
 from shopdesk.core.clock import parse_instant
 from shopdesk.core.errors import NotFound, ValidationFailed
 from shopdesk.core.pagination import clamp_limit, decode_cursor, encode_cursor
@@ -175,29 +174,4 @@ async def put_settings(body: SettingsIn, session: DbSession, principal: CurrentP
     principal.require_role("admin", "supervisor")
     async with session.begin():
         merchant = await session.get(Merchant, principal.require_merchant_side(), with_for_update=True)
-        return do_update_settings(session, principal, merchant, body)
-
-
-def do_update_settings(session, principal: Principal, merchant: Merchant, body: SettingsIn) -> dict:
-    from shopdesk.aftersales.policy import DEFAULT_TIMERS
-
-    changes = body.model_dump(exclude_none=True)
-    for name, hours in (changes.get("timers") or {}).items():
-        if name not in DEFAULT_TIMERS:
-            raise ValidationFailed(f"unknown timer '{name}'", field=f"timers.{name}")
-        if hours < 1 or hours > 24 * 90:
-            raise ValidationFailed("between 1 hour and 90 days", field=f"timers.{name}")
-    for code, reason in (changes.get("reasons") or {}).items():
-        if reason.get("responsibility") not in ("buyer", "merchant", "undetermined") or not reason.get("label"):
-            raise ValidationFailed("each reason needs a label and a responsibility of buyer, merchant or undetermined",
-                                   field=f"reasons.{code}")
-    settings = dict(merchant.settings or {})
-    current = dict(settings.get("aftersales", {}))
-    if "timers" in changes:
-        current["timers"] = {**current.get("timers", {}), **changes.pop("timers")}
-    current.update(changes)
-    settings["aftersales"] = current
-    merchant.settings = settings
-    record(session, merchant_id=merchant.id, actor_type=principal.actor, actor_id=principal.actor_id,
-           action="settings.aftersales", object_type="merchant", object_id=merchant.id, data=changes)
-    return aftersales_settings(merchant)
+        return actions.do_update_settings(session, principal, merchant, body)

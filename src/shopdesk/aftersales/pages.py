@@ -17,7 +17,6 @@ from starlette.datastructures import FormData, UploadFile
 from shopdesk.accounts.auth import Principal
 from shopdesk.accounts.models import Merchant
 from shopdesk.aftersales import actions, states
-from shopdesk.aftersales.api import do_update_settings
 from shopdesk.aftersales.models import AftersaleCase, Upload
 from shopdesk.aftersales.policy import DEFAULT_TIMERS, aftersales_settings
 from shopdesk.aftersales.queries import filtered, list_cases, refunds_by_case
@@ -229,11 +228,8 @@ async def _quote_fragment(request: Request, session, principal: Principal, order
     context: dict[str, Any] = {"quote": None, "problems": [], "photo_hint": False}
     try:
         body = _case_body(form, order_id)
-        if exclude_case:
-            # A resubmission's own lines are still open on the rejected case: leave them out of the check.
-            q, _, _ = await actions._quote(session, principal, body, exclude_case=exclude_case)
-        else:
-            q = await actions.do_quote(session, principal, body)
+        # A resubmission's own lines are still open on the rejected case: exclude_case leaves them out.
+        q = await actions.do_quote(session, principal, body, exclude_case=exclude_case)
         settings = await _merchant_settings(session, principal.merchant_id or "")
         reason = settings["reasons"].get(body.reason) or {}
         context["quote"] = q
@@ -561,5 +557,5 @@ async def save_settings(section: str, request: Request, session: DbSession, prin
     body = parse_model(SettingsIn, _settings_changes(section, await request.form()))
     async with session.begin():
         merchant = await session.get(Merchant, principal.require_merchant_side(), with_for_update=True)
-        do_update_settings(session, principal, merchant, body)
+        actions.do_update_settings(session, principal, merchant, body)
     return go(request, f"/console/settings?saved={section}#{section}")

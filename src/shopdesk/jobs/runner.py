@@ -98,8 +98,12 @@ async def process_refunds(limit: int = 100, lease_s: float | None = None, retry_
             claim = None
             if claimed < limit:
                 claimed += 1
-                async with transaction() as session:
-                    more = await claim_due(session, limit=1, lease_s=lease)
+                try:
+                    async with transaction() as session:
+                        more = await claim_due(session, limit=1, lease_s=lease)
+                except Exception:  # this lane stops; the next pass claims again
+                    log.exception("refund_claim_failed")
+                    more = []
                 if more:
                     claim = more[0]
                 else:

@@ -23,7 +23,8 @@ from shopdesk.core.db import transaction
 from shopdesk.core.records import AuditLog
 from shopdesk.integrations.payments import RefundRequest, base as payments
 from shopdesk.integrations.payments.sandbox import SandboxProvider
-from shopdesk.integrations.payments.sandbox_psp import EVENT_TYPES, SIGNATURE_HEADER, create_app, sign_notification
+from shopdesk.integrations.payments.sandbox_psp import (EVENT_TYPES, SIGNATURE_HEADER, SandboxPSP, create_app,
+                                                       sign_notification)
 from shopdesk.jobs.runner import process_refunds
 from shopdesk.orders.models import Payment
 from shopdesk.refunds.actions import apply_result, claim_due
@@ -53,7 +54,7 @@ class Relay(httpx.AsyncBaseTransport):
 
 @dataclass
 class Rig:
-    psp: object
+    psp: SandboxPSP
     control: httpx.AsyncClient
     to_psp: Relay
     to_shopdesk: Relay
@@ -70,8 +71,8 @@ class Rig:
     async def settle(self) -> None:
         """Wait for the PSP's pending settlements and notifications."""
         async with asyncio.timeout(10):
-            while self.psp.tasks:  # type: ignore[attr-defined]
-                await asyncio.gather(*list(self.psp.tasks), return_exceptions=True)  # type: ignore[attr-defined]
+            while self.psp.tasks:
+                await asyncio.gather(*list(self.psp.tasks), return_exceptions=True)
 
     async def work(self, advance_s: float = 0.0) -> None:
         """Move the clock, run worker passes until nothing is due, then let the PSP's notifications land.
