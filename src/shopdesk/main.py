@@ -61,6 +61,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404 and request.url.path.startswith(("/shop", "/console")):
+            from shopdesk.core.errors import NotFound
+            from shopdesk.web.pages import html_error
+
+            return html_error(request, NotFound("page not found"))
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
         return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
 

@@ -361,3 +361,10 @@ def test_language_negotiation(cookie, header, expected):
     from shopdesk.core.i18n import negotiate
 
     assert negotiate(cookie, header) == expected
+
+
+async def test_unknown_page_is_an_html_404_and_unknown_api_path_a_problem(client):
+    page = await client.get("/shop/no-such-page")
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    api = await client.get("/api/v1/no-such-thing")
+    assert api.status_code == 404 and api.headers["content-type"].startswith("application/problem+json")
