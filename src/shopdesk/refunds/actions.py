@@ -159,8 +159,11 @@ class Claim:
 async def claim_due(session: AsyncSession, *, limit: int, lease_s: float) -> list[Claim]:
     """Lease due refunds to this worker (SKIP LOCKED, so several workers never share one)."""
     other = aliased(Refund)
-    busy_payment = exists().where(and_(other.payment_id == Refund.payment_id, other.id != Refund.id,
-                                       other.status.in_(("unknown", "processing"))))
+    at = now()
+    # Another refund on the payment is in flight: at the provider, or leased to a worker right now.
+    busy_payment = exists().where(and_(
+        other.payment_id == Refund.payment_id, other.id != Refund.id,
+        other.status.in_(("unknown", "processing")) | ((other.status == "created") & (other.next_attempt_at > at))))
     stmt = (select(Refund, Payment.amount_fen).join(Payment, Payment.id == Refund.payment_id)
             .where(Refund.status.in_(OPEN_STATUSES), Refund.next_attempt_at <= now())
             # Refunds on one payment are serialised (7.7): a new one waits while another is in flight.
@@ -168,7 +171,11 @@ async def claim_due(session: AsyncSession, *, limit: int, lease_s: float) -> lis
             .order_by(Refund.next_attempt_at).limit(limit)
             .with_for_update(skip_locked=True, of=Refund))
     claims = []
+    payments: set[str] = set()
     for refund, total in (await session.execute(stmt)).all():
+        if refund.status == "created" and refund.payment_id in payments:
+            continue  # one new refund per payment per batch (7.7)
+        payments.add(refund.payment_id)
         refund.attempts += 1
         refund.next_attempt_at = now() + timedelta(seconds=lease_s)
         claims.append(Claim(refund.refund_no, refund.status, refund.provider, refund.trade_no, refund.method,
@@ -176,8 +183,12 @@ async def claim_due(session: AsyncSession, *, limit: int, lease_s: float) -> lis
     return claims
 
 
+async def find_refund(session: AsyncSession, refund_no: str) -> Refund | None:
+    return (await session.execute(select(Refund).where(Refund.refund_no == refund_no))).scalar_one_or_none()
+
+
 async def access_refund(session: AsyncSession, principal: Principal, refund_no: str) -> Refund:
-    refund = (await session.execute(select(Refund).where(Refund.refund_no == refund_no))).scalar_one_or_none()
+    refund = await find_refund(session, refund_no)
     if refund is None or refund.merchant_id != principal.merchant_id or principal.kind == "shopper":
         raise NotFound("no such refund")
     return refund

@@ -6,11 +6,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from shopdesk.accounts.models import Merchant
+from shopdesk.config import get_settings
 from shopdesk.core.audit import record
 from shopdesk.core.errors import NotFound, ValidationFailed
 from shopdesk.integrations.payments import PROVIDER_NAMES, BadNotification, get_provider
-from shopdesk.refunds.actions import (access_refund, apply_result, do_confirm_manual, do_resolve, payment_providers,
-                                      record_notification, refund_out)
+from shopdesk.refunds.actions import (access_refund, apply_result, do_confirm_manual, do_resolve, find_refund,
+                                      payment_providers, record_notification, refund_out)
 from shopdesk.web.deps import CurrentPrincipal, DbSession
 
 router = APIRouter()
@@ -63,7 +64,13 @@ async def notify(provider_name: str, request: Request, session: DbSession):
         return JSONResponse({"code": "FAIL", "message": str(exc)}, status_code=400)
     async with session.begin():
         if await record_notification(session, provider_name, note.notify_id, note.refund_no, note.status):
-            await apply_result(session, note.refund_no, note.status, detail=f"notification {note.notify_id}")
+            status, detail = note.status, f"notification {note.notify_id}"
+            refund = await find_refund(session, note.refund_no)
+            if refund and note.amount_fen is not None and note.amount_fen != refund.amount_fen:
+                # The provider speaks of another amount than we asked for: a person must look, never a retry.
+                status, detail = "abnormal", f"notification {note.notify_id} says {note.amount_fen} fen"
+            await apply_result(session, note.refund_no, status, detail=detail,
+                               retry_base_s=get_settings().refund_retry_base_s)
     return {"code": "SUCCESS", "message": "成功"}
 
 

@@ -63,7 +63,8 @@ FAULTS = {
     "settle_delay_s": 0.5,
     "seed": SEED,
 }
-ARTIFACTS = Path(os.environ.get("SHOPDESK_TEST_ARTIFACTS", "test-artifacts")) / "refund-chaos"
+# One folder per test session: parallel sessions (each with its own database) must not mix their logs.
+ARTIFACTS = Path(os.environ.get("SHOPDESK_TEST_ARTIFACTS", "test-artifacts")) / "refund-chaos" / str(os.getpid())
 SHOPDESK = str(Path(sys.executable).with_name("shopdesk"))
 
 
@@ -296,7 +297,7 @@ async def test_refund_chaos(frozen_clock) -> None:
         f"statuses {dict(statuses)}",
         f"{len(psp_refunds) - len(ours & set(psp_refunds))} other tests' refunds also went through this PSP",
     ])
-    print("\n" + summary)
+    print(f"\n{summary}\n(logs and kill log: {ARTIFACTS})")
     (ARTIFACTS / "summary.txt").write_text(summary + "\n" + "\n".join(chaos.kill_log) + "\n")
 
     # --- every refund settled, exactly once ---

@@ -460,3 +460,44 @@ async def test_abnormal_is_never_refunded_twice(rig: Rig) -> None:
         (wx.refund_no, "succeeded", None), (bal.refund_no, "succeeded", None)]
     assert await case_status(case) == "completed"
     assert len(await rig.booked(case)) == 2
+
+
+async def test_a_notification_with_another_amount_goes_to_a_person(rig: Rig) -> None:
+    case = await setup_case(rig)
+    refund = (await rows(case))[0]
+    body = json.dumps({"id": str(uuid.uuid4()), "event_type": EVENT_TYPES["SUCCESS"],
+                       "resource": {"out_refund_no": refund.refund_no, "refund_id": "1", "refund_status": "SUCCESS",
+                                    "amount": {"refund": refund.amount_fen + 1, "total": 10000}}},
+                      separators=(",", ":")).encode()
+    answer = await rig.client.post("/api/v1/payments/notify/sandbox", content=body, headers={
+        "Content-Type": "application/json", SIGNATURE_HEADER: sign_notification(body)})
+    assert answer.status_code == 200
+    after = (await rows(case))[0]
+    assert after.status == "abnormal" and str(refund.amount_fen + 1) in (after.last_error or "")
+
+
+async def test_refunds_on_one_payment_are_serialised(shop) -> None:
+    # Given two refund_only cases on one unshipped order: each payment owes two new refunds
+    order = await shop.order(shipped=False)
+    buyer = await shop.shopper(order)
+    mine = set()
+    for sku in ("A", "B"):
+        line = next(ln["id"] for ln in order["lines"] if ln["sku"] == sku)
+        r = await shop.post("/aftersales", {"order_id": order["id"], "type": "refund_only", "reason": "dont_want",
+                                            "lines": [{"order_line_id": line, "quantity": 1}]}, token=buyer)
+        mine |= {x["refund_no"] for x in r.json()["refunds"]}
+    assert len(mine) == 4
+
+    async def claim() -> list[str]:
+        async with transaction() as session:
+            return [c.refund_no for c in await claim_due(session, limit=1000, lease_s=LEASE_S) if c.refund_no in mine]
+
+    # When workers claim, one new refund per payment is in flight at a time
+    first = await claim()
+    assert len(first) == 2
+    assert await claim() == []  # the others wait while the first ones are leased
+    async with transaction() as session:
+        for refund_no in first:
+            await apply_result(session, refund_no, "succeeded")
+    second = await claim()
+    assert len(second) == 2 and not set(first) & set(second)
