@@ -40,7 +40,7 @@ async def access_case(session: AsyncSession, principal: Principal, case_id: str,
     """Fetch a case the caller may see (optionally locked); anyone else gets 404."""
     stmt = select(AftersaleCase).where(AftersaleCase.id == case_id).options(*case_options())
     if lock:
-        stmt = stmt.with_for_update(of=AftersaleCase)
+        stmt = stmt.with_for_update(of=AftersaleCase).execution_options(populate_existing=True)
     case = (await session.execute(stmt)).scalar_one_or_none()
     if case is None or not can_see(principal, case):
         raise NotFound("no such case")
@@ -559,7 +559,7 @@ async def on_refunds_changed(session: AsyncSession, case_id: str) -> None:
     from shopdesk.refunds.models import Refund
 
     case = (await session.execute(select(AftersaleCase).where(AftersaleCase.id == case_id)
-                                  .options(*case_options()).with_for_update(of=AftersaleCase))).scalar_one()
+                                  .options(*case_options()).with_for_update(of=AftersaleCase).execution_options(populate_existing=True))).scalar_one()
     refunds = list((await session.execute(select(Refund).where(Refund.case_id == case_id))).scalars())
     superseded = {r.supersedes for r in refunds if r.supersedes}
     live = [r for r in refunds if r.refund_no not in superseded]
@@ -667,7 +667,7 @@ def case_out(case: AftersaleCase, refunds: list[Any] | None = None, *, shopper: 
 async def on_parcel_signed(session: AsyncSession, parcel: CaseShipment) -> None:
     """A return or replacement was signed for: restart the step's timer from the signing (rulebook §6)."""
     case = (await session.execute(select(AftersaleCase).where(AftersaleCase.id == parcel.case_id)
-                                  .options(*case_options()).with_for_update(of=AftersaleCase))).scalar_one()
+                                  .options(*case_options()).with_for_update(of=AftersaleCase).execution_options(populate_existing=True))).scalar_one()
     if (case.status, parcel.direction) in (("awaiting_receipt", "return"), ("awaiting_buyer_confirm", "reship")):
         settings = aftersales_settings(await _merchant(session, case.merchant_id))
         _arm(case, settings, now())

@@ -173,5 +173,5 @@ async def get_settings_(session: DbSession, principal: CurrentPrincipal) -> dict
 async def put_settings(body: SettingsIn, session: DbSession, principal: CurrentPrincipal) -> dict:
     principal.require_role("admin", "supervisor")
     async with session.begin():
-        merchant = await session.get(Merchant, principal.require_merchant_side(), with_for_update=True)
+        merchant = await session.get(Merchant, principal.require_merchant_side(), with_for_update=True, populate_existing=True)
         return actions.do_update_settings(session, principal, merchant, body)

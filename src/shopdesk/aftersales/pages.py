@@ -556,6 +556,6 @@ async def save_settings(section: str, request: Request, session: DbSession, prin
     principal.require_role("admin", "supervisor")
     body = parse_model(SettingsIn, _settings_changes(section, await request.form()))
     async with session.begin():
-        merchant = await session.get(Merchant, principal.require_merchant_side(), with_for_update=True)
+        merchant = await session.get(Merchant, principal.require_merchant_side(), with_for_update=True, populate_existing=True)
         actions.do_update_settings(session, principal, merchant, body)
     return go(request, f"/console/settings?saved={section}#{section}")

@@ -40,7 +40,7 @@ async def sweep_timers(limit: int = 500, merchant_id: str | None = None) -> int:
                 # Re-check under the row lock: another node may have fired it meanwhile.
                 case = (await session.execute(
                     select(AftersaleCase).where(AftersaleCase.id == case_id, due).options(*case_options())
-                    .with_for_update(skip_locked=True, of=AftersaleCase))).scalar_one_or_none()
+                    .with_for_update(skip_locked=True, of=AftersaleCase).execution_options(populate_existing=True))).scalar_one_or_none()
                 if case is None:
                     continue
                 if case.deadline_at and case.deadline_at <= at:
@@ -150,7 +150,7 @@ async def deliver_outbox(limit: int = 100, lease_s: float = 60, max_attempts: in
     async with transaction() as session:
         items = list((await session.execute(
             select(OutboxItem).where(OutboxItem.status == "pending", OutboxItem.next_attempt_at <= now())
-            .order_by(OutboxItem.next_attempt_at).limit(limit).with_for_update(skip_locked=True))).scalars())
+            .order_by(OutboxItem.next_attempt_at).limit(limit).with_for_update(skip_locked=True).execution_options(populate_existing=True))).scalars())
         for item in items:
             item.attempts += 1
             item.next_attempt_at = now() + timedelta(seconds=lease_s)
@@ -163,7 +163,7 @@ async def deliver_outbox(limit: int = 100, lease_s: float = 60, max_attempts: in
             except Exception as exc:  # retried with back-off; the receiver de-duplicates by id
                 error = f"{type(exc).__name__}: {exc}"
             async with transaction() as session:
-                item = await session.get(OutboxItem, item_id, with_for_update=True)
+                item = await session.get(OutboxItem, item_id, with_for_update=True, populate_existing=True)
                 if item is None:
                     continue
                 if error is None:

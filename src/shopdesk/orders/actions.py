@@ -37,7 +37,7 @@ async def load_order(session: AsyncSession, merchant_id: str, order_id: str, *, 
     """Fetch an order of this merchant (optionally locked), or 404."""
     stmt = select(Order).where(Order.id == order_id, Order.merchant_id == merchant_id).options(*order_options())
     if lock:
-        stmt = stmt.with_for_update(of=Order)
+        stmt = stmt.with_for_update(of=Order).execution_options(populate_existing=True)
     order = (await session.execute(stmt)).scalar_one_or_none()
     if order is None:
         raise NotFound("no such order")
@@ -72,7 +72,7 @@ async def do_upsert_order(session: AsyncSession, merchant_id: str, data: OrderIn
     store = await store_by_code(session, merchant_id, data.store)
     customer = await do_upsert_customer(session, merchant_id, **data.customer.model_dump())
     existing = (await session.execute(select(Order).where(Order.store_id == store.id, Order.order_no == data.order_no)
-                                      .options(*order_options()).with_for_update(of=Order))).scalar_one_or_none()
+                                      .options(*order_options()).with_for_update(of=Order).execution_options(populate_existing=True))).scalar_one_or_none()
     products = {p.sku: p for p in (await session.execute(select(Product).where(
         Product.merchant_id == merchant_id, Product.sku.in_([ln.sku for ln in data.lines])))).scalars()}
     goods = sum(ln.quantity * ln.unit_price_fen for ln in data.lines)

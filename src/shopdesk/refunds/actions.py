@@ -67,7 +67,7 @@ async def supersede_failed(session: AsyncSession, case) -> list[str]:
     for old in refunds:
         if old.status != "failed" or old.refund_no in superseded:
             continue
-        payment = await session.get(Payment, old.payment_id, with_for_update=True)
+        payment = await session.get(Payment, old.payment_id, with_for_update=True, populate_existing=True)
         assert payment is not None
         if payment.refunded_fen + old.amount_fen > payment.amount_fen:
             raise ValidationFailed("refund exceeds what the tender paid", code="amount_exceeds_refundable")
@@ -93,7 +93,7 @@ async def apply_result(session: AsyncSession, refund_no: str, status: str, *, pr
     """Apply a provider answer to a refund, only ever moving it forward; settle the case when done."""
     from shopdesk.aftersales.actions import on_refunds_changed
 
-    refund = (await session.execute(select(Refund).where(Refund.refund_no == refund_no).with_for_update())
+    refund = (await session.execute(select(Refund).where(Refund.refund_no == refund_no).with_for_update().execution_options(populate_existing=True))
               ).scalar_one_or_none()
     if refund is None:
         return None
@@ -122,7 +122,7 @@ async def apply_result(session: AsyncSession, refund_no: str, status: str, *, pr
         refund.next_attempt_at = now() + backoff(refund.attempts, retry_base_s) if poll else None
     if status == "failed":
         # Only refunds not finally failed count against the tender's cap (4.6).
-        payment = await session.get(Payment, refund.payment_id, with_for_update=True)
+        payment = await session.get(Payment, refund.payment_id, with_for_update=True, populate_existing=True)
         assert payment is not None
         payment.refunded_fen -= refund.amount_fen
     record(session, merchant_id=refund.merchant_id, actor_type="system", actor_id=refund.provider,
@@ -169,7 +169,7 @@ async def claim_due(session: AsyncSession, *, limit: int, lease_s: float) -> lis
             # Refunds on one payment are serialised (7.7): a new one waits while another is in flight.
             .where((Refund.status != "created") | ~busy_payment)
             .order_by(Refund.next_attempt_at).limit(limit)
-            .with_for_update(skip_locked=True, of=Refund))
+            .with_for_update(skip_locked=True, of=Refund).execution_options(populate_existing=True))
     claims = []
     payments: set[str] = set()
     for refund, total in (await session.execute(stmt)).all():

@@ -87,7 +87,7 @@ async def put_payments(body: PaymentSettingsIn, session: DbSession, principal: C
         if name not in PROVIDER_NAMES:
             raise ValidationFailed(f"provider must be one of {', '.join(PROVIDER_NAMES)}", field=f"providers.{method}")
     async with session.begin():
-        merchant = await session.get(Merchant, principal.require_merchant_side(), with_for_update=True)
+        merchant = await session.get(Merchant, principal.require_merchant_side(), with_for_update=True, populate_existing=True)
         settings = dict(merchant.settings or {})
         settings["payments"] = {"providers": dict(body.providers)}
         merchant.settings = settings
