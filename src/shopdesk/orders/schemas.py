@@ -1,10 +1,9 @@
 """API input for catalogue and orders."""
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
@@ -54,33 +53,19 @@ class ShipmentIn(Strict):
     carrier: str = Field(min_length=1, max_length=32)
     tracking_no: str = Field(min_length=1, max_length=64)
     line_nos: list[str] = Field(min_length=1)
-    shipped_at: datetime
-    signed_at: datetime | None = None
-
-    @field_validator("shipped_at", "signed_at")
-    @classmethod
-    def aware(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v.tzinfo is None:
-            raise ValueError("needs a time zone (RFC 3339)")
-        return v
+    shipped_at: AwareDatetime
+    signed_at: AwareDatetime | None = None
 
 
 class OrderIn(Strict):
     store: str = Field(min_length=1, max_length=64)
     order_no: str = Field(min_length=1, max_length=64)
     customer: CustomerIn
-    placed_at: datetime
-    paid_at: datetime | None = None
+    placed_at: AwareDatetime
+    paid_at: AwareDatetime | None = None
     lines: list[LineIn] = Field(min_length=1, max_length=500)
     discounts: list[DiscountIn] = []
     shipping_fee_fen: int = Field(default=0, ge=0, le=10**8)
     payments: list[PaymentIn] = Field(min_length=1, max_length=20)
     shipping_address: dict = {}
     shipments: list[ShipmentIn] = []
-
-    @field_validator("placed_at", "paid_at")
-    @classmethod
-    def aware(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v.tzinfo is None:
-            raise ValueError("needs a time zone (RFC 3339)")
-        return v
