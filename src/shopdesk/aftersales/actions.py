@@ -301,7 +301,7 @@ def _buyer_actor(principal: Principal, case: AftersaleCase) -> None:
         raise Forbidden("only the buyer may do this", code="wrong_actor")
 
 
-async def _approve(session: AsyncSession, case: AftersaleCase, order: Order, merchant: Merchant, actor: str,
+async def _approve(session: AsyncSession, case: AftersaleCase, order: Order | None, merchant: Merchant, actor: str,
                    actor_id: str | None, *, deductions: list[DeductionIn], return_address: dict | None,
                    note: str = "", action: str = "approve") -> None:
     """Approve (or accept an offer, or rule for the buyer): money cases create their refunds now."""
@@ -315,6 +315,8 @@ async def _approve(session: AsyncSession, case: AftersaleCase, order: Order, mer
     await _move(session, case, action, actor, actor_id, note,
                 data={"deductions": case.deductions} if case.deductions else None, settings=settings)
     if case.status == "refunding":
+        if order is None:
+            order = await load_order(session, case.merchant_id, case.order_id, lock=True)
         await _start_refunds(session, case, order)
 
 
@@ -346,9 +348,15 @@ async def do_approve(session: AsyncSession, principal: Principal, case_id: str, 
     _merchant_actor(principal)
     _check_version(case, body.expected_version)
     states.next_status("approve", case.status, case.type)
-    order = await load_order(session, case.merchant_id, case.order_id, lock=True)
     merchant = await _merchant(session, case.merchant_id)
-    view = await order_view(session, order, exclude_case=case.id)
+    # The order is only needed to value gifts for a deduction, or when money moves now.
+    order = None
+    if body.deductions or states.after_approval(case.type) == "refunding":
+        order = await load_order(session, case.merchant_id, case.order_id, lock=True)
+    view = rules.OrderView(lines=[rules.LineView(
+        id=ln.id, line_no=ln.line_no, sku=ln.sku, quantity=ln.quantity, unit_price_fen=ln.unit_price_fen,
+        paid_fen=ln.paid_fen, is_gift=ln.is_gift, declared_value_fen=ln.declared_value_fen)
+        for ln in (order.lines if order else [])], tenders=[])
     gross = case.goods_refund_fen + case.shipping_refund_fen
     problems, needs_consent = rules.check_deductions(_deductions(body.deductions), case.reason, view, gross,
                                                      policy_of(merchant))
