@@ -10,7 +10,9 @@ class Settings(BaseSettings):
 
     database_url: str = ""
     var_dir: Path = Path("var")
-    secret_key: str = "dev-secret-change-me"
+    # Signs tokens, cookies and notifications. Unset: a random key kept in var/secret_key, so a
+    # laptop install is not signed with a well-known string and survives restarts.
+    secret_key: str = ""
     redis_url: str = ""
     base_url: str = "http://127.0.0.1:8000"
     # Outbound mail; an empty host keeps mail in the outbox as 'skipped' instead of failing.
@@ -26,6 +28,17 @@ class Settings(BaseSettings):
     # A worker's claim on a refund; a worker killed mid-call loses it after this long.
     refund_lease_s: float = 30.0
     refund_retry_base_s: float = 2.0
+
+    def model_post_init(self, __context) -> None:
+        if not self.secret_key:
+            import secrets
+
+            path = self.var_dir / "secret_key"
+            if not path.exists():
+                self.var_dir.mkdir(parents=True, exist_ok=True)
+                path.write_text(secrets.token_urlsafe(48))
+                path.chmod(0o600)
+            self.secret_key = path.read_text().strip()
 
     @property
     def effective_database_url(self) -> str:
