@@ -206,7 +206,7 @@ class FlowConfig:
     staff_token: str
     provider: str = "manual"  # manual: staff confirms each refund; sandbox: the job runner settles them
     settle_timeout_s: float = 30.0
-    poll_s: float = 0.1
+    poll_s: float = 0.25
 
 
 def case_body(order: dict) -> dict:
@@ -580,7 +580,11 @@ class ServerUnderTest:
         return {"key": key, "email": email, "password": password, "slug": slug,
                 "database_url": env["SHOPDESK_DATABASE_URL"]}
 
-    def stop(self) -> None:
+    def stop(self, show_log: bool = False) -> None:
+        if show_log and (self.tmp / "server.log").exists():
+            tail = (self.tmp / "server.log").read_text(errors="replace").splitlines()[-30:]
+            if tail:
+                print(f"[{self.db}] last lines of the server log:\n  " + "\n  ".join(tail), file=sys.stderr)
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -720,17 +724,19 @@ def bench_one(label: str, url: str, creds: dict, args, server_pid: int | None, i
     first = asyncio.run(prepare(url, creds, args.warmup + rate_orders, args.provider))
     orders = first["orders"]
     warm_orders, rate_list = orders[:args.warmup], orders[args.warmup:]
-    cfg = FlowConfig(url, first["staff_token"], provider=args.provider)
+    cfg = FlowConfig(url, first["staff_token"], provider=args.provider, poll_s=args.poll)
     meter = CpuMeter(server_pid, is_pg)
     result: dict[str, Any] = {"label": label, "url": url, "concurrency": args.concurrency,
                               "client_procs": args.client_procs, "provider": args.provider}
 
     # Warm-up (imports, statement caches, the connection pool), which also sizes the measured phase.
     estimate = float("nan")
+    result["warmup_completed"] = 0
     if warm_orders:
         w = asyncio.run(run_flows(cfg, warm_orders, args.concurrency))
         if w["errors"]:
             print(f"[{label}] warm-up errors: {w['errors'][:3]}", flush=True)
+        result["warmup_completed"] = len(w["lat"]["flow"])
         estimate = len(w["lat"]["flow"]) / (w["t1"] - w["t0"])
     if args.flows:
         n_flows, max_seconds = args.flows, None
@@ -862,8 +868,10 @@ def report(r: dict) -> None:
         hz_other = hz["cpu_s"]["machine"] - hz["cpu_s"]["server"] - hz["client_cpu_s"] - hz["cpu_s"].get("postgres", 0)
         print(f"         during healthz: server {per:.0f} µs per request, "
               f"other processes {hz_other / hz['wall_s']:.2f} cores")
-    print(f"check    {r.get('completed_cases', '?')} cases completed on the server "
-          f"(warm-up + measured flows)")
+    expected = r.get("warmup_completed", 0) + fl["completed"]
+    print(f"check    {r.get('completed_cases', '?')} cases completed on the server, "
+          f"{expected} flows finished by the client (warm-up + measured)"
+          + ("" if r.get("completed_cases") == expected else "  ← MISMATCH"))
     if r.get("pg_stats"):
         ps = r["pg_stats"]
         print(f"pg       whole run on the bench database: {ps['pg_commits']:,} commits, {ps['pg_rollbacks']:,} rollbacks, "
@@ -903,11 +911,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--url", help="measure a server that is already running (no server is started)")
     p.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both",
-                   help="databases to start servers on (ignored with --url)")
+                   help="databases to start servers on; with --url, the label of the server's database")
     p.add_argument("--pg-url", default=os.environ.get("SHOPDESK_BENCH_PG_URL", DEFAULT_PG),
                    help="PostgreSQL server; a database shopdesk_bench_<pid> is created on it and dropped")
     p.add_argument("--flows", type=int, default=0,
-                   help="complete flows to measure (default: as many as fit in --flow-seconds)")
+                   help="complete flows to measure (0: as many as fit in --flow-seconds)")
     p.add_argument("--flow-seconds", type=float, default=12.0,
                    help="without --flows: length of the measured flow phase (orders are seeded to cover it)")
     p.add_argument("--warmup", type=int, default=32, help="flows run before measuring")
@@ -924,6 +932,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--provider", choices=("manual", "sandbox"), default="manual",
                    help="manual: staff confirms each refund (server --no-jobs); sandbox: the in-process job "
                         "runner refunds through the sandbox PSP and the bench polls the case until completed")
+    p.add_argument("--poll", type=float, default=0.25,
+                   help="sandbox: seconds between GETs of the case while waiting for the refunds to settle")
+    p.add_argument("--server-pid", type=int, help="with --url: the server's process id, to report its CPU")
     p.add_argument("--key", help="with --url: the merchant API key")
     p.add_argument("--staff-email", help="with --url: a staff login of that merchant")
     p.add_argument("--staff-password", help="with --url: its password")
@@ -946,12 +957,18 @@ def external_creds(args) -> dict:
         raise SystemExit("--url needs --key, --staff-email and --staff-password, or SHOPDESK_DATABASE_URL set to "
                          "the server's database so that they can be created with the shopdesk CLI")
     env = dict(os.environ)
-    env.setdefault("SHOPDESK_VAR_DIR", tempfile.mkdtemp(prefix="shopdesk-bench-cli-"))
-    slug = f"bench{secrets.token_hex(3)}"
-    cli(env, "merchants", "create", "--name", f"压测商家 {slug}", "--slug", slug)
-    key = cli(env, "api-keys", "create", "--merchant", slug).splitlines()[-1].strip()
-    email, password = f"agent@{slug}.test", secrets.token_urlsafe(12)
-    cli(env, "staff", "create", "--merchant", slug, "--email", email, "--password", password, "--role", "agent")
+    scratch = None
+    if not env.get("SHOPDESK_VAR_DIR"):
+        scratch = env["SHOPDESK_VAR_DIR"] = tempfile.mkdtemp(prefix="shopdesk-bench-cli-")
+    try:
+        slug = f"bench{secrets.token_hex(3)}"
+        cli(env, "merchants", "create", "--name", f"压测商家 {slug}", "--slug", slug)
+        key = cli(env, "api-keys", "create", "--merchant", slug).splitlines()[-1].strip()
+        email, password = f"agent@{slug}.test", secrets.token_urlsafe(12)
+        cli(env, "staff", "create", "--merchant", slug, "--email", email, "--password", password, "--role", "agent")
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     return {"key": key, "email": email, "password": password}
 
 
@@ -969,16 +986,20 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     if args.url:
         creds = external_creds(args)
-        results.append(bench_one("external", args.url.rstrip("/"), creds, args, None, False))
+        label = args.db if args.db != "both" else "external"
+        results.append(bench_one(label, args.url.rstrip("/"), creds, args, args.server_pid, False))
     else:
         for db in (("sqlite", "postgres") if args.db == "both" else (args.db,)):
             server = ServerUnderTest(db, args.pg_url, jobs=args.provider == "sandbox")
+            failed = True
             try:
                 creds = server.start()
                 print(f"[{db}] server pid {server.proc.pid} on {server.url}, {creds['database_url']}", flush=True)
                 results.append(bench_one(db, server.url, creds, args, server.proc.pid, db == "postgres"))
+                r = results[-1]
+                failed = bool(r["flows"]["errors"] or any(f["errors"] for f in r.get("fixed_rates", [])))
             finally:
-                server.stop()
+                server.stop(show_log=failed)
             if server.pg_stats and results and results[-1]["label"] == db:
                 results[-1]["pg_stats"] = server.pg_stats
     for r in results:

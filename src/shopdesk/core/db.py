@@ -68,7 +68,10 @@ def make_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         # Every transaction takes the write lock up front: SQLite then serialises writers
         # instead of failing one with SQLITE_BUSY when two upgrade from a read at once.
+        # One pooled connection: transactions queue fairly on the pool (first come, first served)
+        # instead of sleeping in SQLite's busy handler, where unlucky waiters starved (bench/README.md).
         kwargs["connect_args"] = {"timeout": 30, "isolation_level": None}
+        kwargs.update(pool_size=1, max_overflow=0, pool_timeout=60)
         engine = create_async_engine(url, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -85,7 +88,9 @@ def make_engine(url: str) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # No pre-ping (it cost a SELECT 1 per checkout, 10 per flow); recycle instead. Pool sized for the
+    # requests one process has in flight, so connections are not closed and reopened under load.
+    kwargs.update(pool_size=20, max_overflow=5, pool_recycle=1800)
     return create_async_engine(url, **kwargs)
 
 
