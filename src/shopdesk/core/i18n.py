@@ -452,29 +452,13 @@ def has(key: str) -> bool:
     return key in _CATALOGUE
 
 
-def negotiate(cookie: str | None, accept_language: str | None) -> str:
-    """Pick the page language: the `lang` cookie, then Accept-Language, then Chinese."""
-    if cookie in LANGS:
-        return cookie  # type: ignore[return-value]
-    ranked: list[tuple[float, int, str]] = []
-    for pos, part in enumerate((accept_language or "").split(",")):
-        tag, _, params = part.strip().partition(";")
-        weight = 1.0
-        if params.strip().startswith("q="):
-            try:
-                weight = float(params.strip()[2:])
-            except ValueError:
-                weight = 0.0
-        if tag:
-            ranked.append((-weight, pos, tag.lower()))
-    for negative_weight, _, tag in sorted(ranked):
-        if negative_weight >= 0:
-            break
-        if tag.startswith("zh"):
-            return "zh_CN"
-        if tag.startswith("en"):
-            return "en"
-    return DEFAULT_LANG
+def negotiate(cookie: str | None, accept_language: str | None = None) -> str:
+    """Pick the page language: the `lang` cookie the person chose, else Chinese.
+
+    Chinese first: a browser's Accept-Language does not switch the pages (a merchant's agents often
+    run English-language browsers); the English switch in the header sets the cookie.
+    """
+    return cookie if cookie in LANGS else DEFAULT_LANG  # type: ignore[return-value]
 
 
 def status_label(status: str, lang: str, case_type: str | None = None) -> str:

@@ -6,6 +6,8 @@ import structlog
 
 def configure(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(message)s")
+    # httpx logs every outbound request at INFO (provider calls, webhooks): too chatty for a server log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
                     structlog.processors.TimeStamper(fmt="iso", utc=True),
