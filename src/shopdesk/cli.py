@@ -35,6 +35,16 @@ def run(coro):
     return asyncio.run(main())
 
 
+def echo_or_fail(coro) -> None:
+    """Run a command's coroutine and print its result; a domain error becomes 'error: …' and exit 1."""
+    from shopdesk.core.errors import DomainError
+
+    try:
+        typer.echo(run(coro))
+    except DomainError as exc:
+        fail(exc.detail)
+
+
 def fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
@@ -53,33 +63,25 @@ def db_upgrade(revision: str = "head") -> None:
 def merchants_create(name: str = typer.Option(..., "--name"), slug: str = typer.Option(..., "--slug")) -> None:
     from shopdesk.accounts.actions import do_create_merchant
     from shopdesk.core.db import transaction
-    from shopdesk.core.errors import DomainError
 
     async def go():
         async with transaction() as session:
             m = await do_create_merchant(session, name=name, slug=slug)
             return m.slug
 
-    try:
-        typer.echo(run(go()))
-    except DomainError as exc:
-        fail(exc.detail)
+    echo_or_fail(go())
 
 
 @keys_app.command("create")
 def keys_create(merchant: str = typer.Option(..., "--merchant")) -> None:
     from shopdesk.accounts.actions import do_create_api_key, merchant_by_slug
     from shopdesk.core.db import transaction
-    from shopdesk.core.errors import DomainError
 
     async def go():
         async with transaction() as session:
             return await do_create_api_key(session, await merchant_by_slug(session, merchant))
 
-    try:
-        typer.echo(run(go()))
-    except DomainError as exc:
-        fail(exc.detail)
+    echo_or_fail(go())
 
 
 @staff_app.command("create")
@@ -89,7 +91,6 @@ def staff_create(merchant: Optional[str] = typer.Option(None, "--merchant"), ema
     """Create a staff login (--role platform without --merchant creates a platform operator)."""
     from shopdesk.accounts.actions import do_create_staff, merchant_by_slug
     from shopdesk.core.db import transaction
-    from shopdesk.core.errors import DomainError
 
     async def go():
         async with transaction() as session:
@@ -97,10 +98,7 @@ def staff_create(merchant: Optional[str] = typer.Option(None, "--merchant"), ema
             s = await do_create_staff(session, merchant=m, email=email, password=password, role=role, name=name)
             return s.id
 
-    try:
-        typer.echo(run(go()))
-    except DomainError as exc:
-        fail(exc.detail)
+    echo_or_fail(go())
 
 
 @timers_app.command("run")
@@ -110,7 +108,6 @@ def timers_run(now: Optional[str] = typer.Option(None, "--now", help="ISO-8601 i
     from shopdesk.accounts.actions import merchant_by_slug
     from shopdesk.core.clock import clock, parse_instant
     from shopdesk.core.db import transaction
-    from shopdesk.core.errors import DomainError
     from shopdesk.jobs.runner import sweep_timers
 
     if now:
@@ -126,10 +123,7 @@ def timers_run(now: Optional[str] = typer.Option(None, "--now", help="ISO-8601 i
                 merchant_id = (await merchant_by_slug(session, merchant)).id
         return await sweep_timers(merchant_id=merchant_id)
 
-    try:
-        typer.echo(run(go()))
-    except DomainError as exc:
-        fail(exc.detail)
+    echo_or_fail(go())
 
 
 @app.command()

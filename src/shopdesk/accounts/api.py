@@ -9,7 +9,7 @@ from shopdesk.accounts.actions import do_create_store, do_login
 from shopdesk.accounts.models import Store
 from shopdesk.web.deps import CurrentPrincipal, DbSession
 from shopdesk.core.clock import isoformat
-from shopdesk.core.pagination import clamp_limit, decode_cursor, encode_cursor
+from shopdesk.core.pagination import clamp_limit, cut, decode_cursor
 from shopdesk.core.records import AuditLog
 from shopdesk.web.responses import create_once, page
 
@@ -76,8 +76,7 @@ async def audit_log(session: DbSession, principal: CurrentPrincipal, object_id: 
     if after:
         stmt = stmt.where(AuditLog.id < after[0])
     rows = list((await session.execute(stmt.order_by(AuditLog.id.desc()).limit(size + 1))).scalars())
-    more = len(rows) > size
-    rows = rows[:size]
+    rows, next_cursor = cut(rows, size)
     return page([{"id": r.id, "at": isoformat(r.at), "actor_type": r.actor_type, "actor_id": r.actor_id,
                   "action": r.action, "object_type": r.object_type, "object_id": r.object_id, "data": r.data}
-                 for r in rows], encode_cursor([rows[-1].id]) if more else None)
+                 for r in rows], next_cursor)

@@ -31,3 +31,11 @@ def decode_cursor(cursor: str | None) -> list[Any] | None:
         return values
     except ValueError as exc:
         raise ValidationFailed("malformed cursor", field="cursor") from exc
+
+
+def cut(rows: list[Any], size: int) -> tuple[list[Any], str | None]:
+    """Trim a page fetched with size + 1 rows; return the page and the cursor after its last id."""
+    if len(rows) > size:
+        rows = rows[:size]
+        return rows, encode_cursor([rows[-1].id])
+    return rows, None

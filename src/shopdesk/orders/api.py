@@ -6,7 +6,7 @@ from sqlalchemy import or_, select
 
 from shopdesk.accounts.models import Store
 from shopdesk.core.errors import NotFound
-from shopdesk.core.pagination import clamp_limit, decode_cursor, encode_cursor
+from shopdesk.core.pagination import clamp_limit, cut, decode_cursor
 from shopdesk.customers.models import Customer
 from shopdesk.orders.actions import do_add_shipment, do_upsert_order, do_upsert_product, load_order, order_options, order_out
 from shopdesk.orders.models import Order
@@ -88,8 +88,7 @@ async def list_orders(session: DbSession, principal: CurrentPrincipal, customer:
     if after:
         stmt = stmt.where(Order.id < after[0])
     rows = list((await session.execute(stmt.order_by(Order.id.desc()).limit(size + 1))).scalars())
-    more = len(rows) > size
-    rows = rows[:size]
+    rows, next_cursor = cut(rows, size)
     stores = {s.id: s.code for s in (await session.execute(select(Store).where(
         Store.merchant_id == principal.merchant_id))).scalars()}
-    return page([order_out(o, stores.get(o.store_id)) for o in rows], encode_cursor([rows[-1].id]) if more else None)
+    return page([order_out(o, stores.get(o.store_id)) for o in rows], next_cursor)
