@@ -5,11 +5,12 @@ table → transition → timeline event → deadlines → refunds → outbox (ma
 """
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -57,29 +58,24 @@ def can_see(principal: Principal, case: AftersaleCase) -> bool:
 
 async def order_view(session: AsyncSession, order: Order, *, exclude_case: str | None = None) -> rules.OrderView:
     """Build the pure view of an order that the money rules work on."""
-    counts = dict((await session.execute(
-        select(AftersaleLine.order_line_id, func.count()).where(
-            AftersaleLine.order_line_id.in_([ln.id for ln in order.lines]))
-        .group_by(AftersaleLine.order_line_id))).all())
-    open_q = select(AftersaleLine.order_line_id).where(
-        AftersaleLine.order_line_id.in_([ln.id for ln in order.lines]), AftersaleLine.is_open)
+    # One read of every case line on the order (a resubmission leaves its own case out).
+    stmt = select(AftersaleLine.order_line_id, AftersaleLine.is_open).where(
+        AftersaleLine.order_line_id.in_([ln.id for ln in order.lines]))
     if exclude_case:
-        open_q = open_q.where(AftersaleLine.case_id != exclude_case)
-        own = (await session.execute(select(func.count()).where(AftersaleLine.case_id == exclude_case))).scalar_one()
-    open_lines = set((await session.execute(open_q)).scalars())
+        stmt = stmt.where(AftersaleLine.case_id != exclude_case)
+    rows = (await session.execute(stmt)).all()
+    counts = Counter(line_id for line_id, _ in rows)
+    open_lines = {line_id for line_id, is_open in rows if is_open}
     shipping = line_shipping(order)
     lines = []
     for ln in order.lines:
         shipped_at, signed_at = shipping[ln.id]
-        count = counts.get(ln.id, 0)
-        if exclude_case and own:
-            count = max(count - 1, 0)
         lines.append(rules.LineView(
             id=ln.id, line_no=ln.line_no, sku=ln.sku, quantity=ln.quantity, unit_price_fen=ln.unit_price_fen,
             paid_fen=ln.paid_fen, refunded_fen=ln.refunded_fen, refunded_qty=ln.refunded_qty, is_gift=ln.is_gift,
             declared_value_fen=ln.declared_value_fen, art7_confirmed=ln.art7_confirmed,
             no_reason_return=ln.no_reason_return, shipped_at=shipped_at, signed_at=signed_at,
-            has_open_case=ln.id in open_lines, case_count=count))
+            has_open_case=ln.id in open_lines, case_count=counts[ln.id]))
     tenders = [rules.TenderView(p.id, p.method, p.amount_fen, p.refunded_fen) for p in order.payments]
     return rules.OrderView(lines, tenders, order.shipping_fee_fen, order.shipping_refunded_fen, order.discounts)
 

@@ -29,6 +29,23 @@ def new_refund_no() -> str:
     return f"RF{new_id()[2:]}"
 
 
+async def do_set_payment_providers(session: AsyncSession, principal: Principal, providers: dict[str, str]) -> Merchant:
+    """Choose which provider refunds each payment method (admins only, audited)."""
+    from shopdesk.integrations.payments import PROVIDER_NAMES
+
+    merchant_id = principal.require_merchant_side()
+    principal.require_role("admin")
+    for method, name in providers.items():
+        if name not in PROVIDER_NAMES:
+            raise ValidationFailed(f"provider must be one of {', '.join(PROVIDER_NAMES)}", field=f"providers.{method}")
+    merchant = await session.get(Merchant, merchant_id, with_for_update=True, populate_existing=True)
+    assert merchant is not None
+    merchant.settings = {**(merchant.settings or {}), "payments": {"providers": dict(providers)}}
+    record(session, merchant_id=merchant.id, actor_type=principal.actor, actor_id=principal.actor_id,
+           action="settings.payments", object_type="merchant", object_id=merchant.id, data=dict(providers))
+    return merchant
+
+
 def payment_providers(merchant: Merchant) -> dict[str, str]:
     return dict((merchant.settings or {}).get("payments", {}).get("providers", {}))
 

@@ -7,11 +7,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shopdesk.accounts.models import Merchant
 from shopdesk.config import get_settings
-from shopdesk.core.audit import record
-from shopdesk.core.errors import NotFound, ValidationFailed
+from shopdesk.core.errors import NotFound
 from shopdesk.integrations.payments import PROVIDER_NAMES, BadNotification, get_provider
-from shopdesk.refunds.actions import (access_refund, apply_result, do_confirm_manual, do_resolve, find_refund,
-                                      payment_providers, record_notification, refund_out)
+from shopdesk.refunds.actions import (access_refund, apply_result, do_confirm_manual, do_resolve,
+                                      do_set_payment_providers, find_refund, payment_providers,
+                                      record_notification, refund_out)
 from shopdesk.web.deps import CurrentPrincipal, DbSession
 
 router = APIRouter()
@@ -74,23 +74,18 @@ async def notify(provider_name: str, request: Request, session: DbSession):
     return {"code": "SUCCESS", "message": "成功"}
 
 
+def payments_out(merchant: Merchant) -> dict:
+    return {"providers": payment_providers(merchant), "default": "manual", "available": list(PROVIDER_NAMES)}
+
+
 @router.get("/settings/payments")
 async def get_payments(session: DbSession, principal: CurrentPrincipal) -> dict:
     merchant = await session.get(Merchant, principal.require_merchant_side())
-    return {"providers": payment_providers(merchant), "default": "manual", "available": list(PROVIDER_NAMES)}
+    return payments_out(merchant)
 
 
 @router.put("/settings/payments")
 async def put_payments(body: PaymentSettingsIn, session: DbSession, principal: CurrentPrincipal) -> dict:
-    principal.require_role("admin")
-    for method, name in body.providers.items():
-        if name not in PROVIDER_NAMES:
-            raise ValidationFailed(f"provider must be one of {', '.join(PROVIDER_NAMES)}", field=f"providers.{method}")
     async with session.begin():
-        merchant = await session.get(Merchant, principal.require_merchant_side(), with_for_update=True, populate_existing=True)
-        settings = dict(merchant.settings or {})
-        settings["payments"] = {"providers": dict(body.providers)}
-        merchant.settings = settings
-        record(session, merchant_id=merchant.id, actor_type=principal.actor, actor_id=principal.actor_id,
-               action="settings.payments", object_type="merchant", object_id=merchant.id, data=body.providers)
-        return {"providers": payment_providers(merchant), "default": "manual", "available": list(PROVIDER_NAMES)}
+        merchant = await do_set_payment_providers(session, principal, body.providers)
+        return payments_out(merchant)

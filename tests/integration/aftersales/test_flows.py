@@ -197,3 +197,37 @@ async def test_audit_log_records_money_and_case_changes(shop):
     refunds = (await shop.get("/audit-log", token=shop.admin_token, params={"action": "refund.create"})).json()
     assert sum(e["data"]["amount_fen"] for e in refunds["items"] if e["data"]["case_id"] == case["id"]) == 300
     assert (await shop.get("/audit-log", token=shop.agent_token)).status_code == 403
+
+
+async def test_five_cases_per_line_over_its_life(shop):
+    # Given a line whose buyer opened and cancelled five cases
+    order = await shop.order()
+    buyer = await shop.shopper(order)
+    for _ in range(5):
+        case = await create(shop, order, buyer, "return_refund", "no_reason_7d", [("A", 1)])
+        await act(shop, case, "cancel", token=buyer)
+    # When a sixth is asked for on that line, it is refused; the other line is unaffected
+    body = {"order_id": order["id"], "type": "return_refund", "reason": "no_reason_7d",
+            "lines": [{"order_line_id": line_id(order, "A"), "quantity": 1}]}
+    r = await shop.post("/aftersales", body, token=buyer)
+    assert r.status_code == 422 and r.json()["code"] == "line_case_limit"
+    await create(shop, order, buyer, "return_refund", "no_reason_7d", [("B", 1)])
+
+
+async def test_payment_provider_settings(shop):
+    r = await shop.client.put("/api/v1/settings/payments", json={"providers": {"wechatpay": "sandbox"}},
+                              headers=shop.h(shop.admin_token))
+    assert r.status_code == 200 and r.json()["providers"] == {"wechatpay": "sandbox"}
+    r = await shop.client.put("/api/v1/settings/payments", json={"providers": {"alipay": "paypal"}},
+                              headers=shop.h(shop.admin_token))
+    assert r.status_code == 422 and r.json()["field"] == "providers.alipay"
+    r = await shop.client.put("/api/v1/settings/payments", json={"providers": {"alipay": "manual"}},
+                              headers=shop.h(shop.agent_token))
+    assert r.status_code == 403
+    assert (await shop.get("/settings/payments")).json()["providers"] == {"wechatpay": "sandbox"}
+    # and the next refund goes through the chosen provider
+    order = await shop.order(shipped=False)
+    case = await create(shop, order, await shop.shopper(order), "refund_only", "dont_want", [("B", 1)])
+    assert {r["method"]: r["provider"] for r in [(await shop.get(f"/refunds/{x['refund_no']}")).json()
+                                                 for x in case["refunds"]]} == {"wechatpay": "sandbox",
+                                                                                "balance": "manual"}
