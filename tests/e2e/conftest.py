@@ -76,6 +76,10 @@ def live_server():
             if time.monotonic() > deadline:
                 pytest.fail(f"the live server did not answer /healthz within 30 s; see {log_path}")
             time.sleep(0.1)
+        # The pages load htmx and Alpine from /vendor (node_modules): without them every form is dead.
+        vendor = httpx.get(f"{url}/vendor/htmx.org/dist/htmx.min.js", timeout=5)
+        if vendor.status_code != 200:
+            pytest.fail(f"/vendor/htmx.org is missing ({vendor.status_code}): run `make setup` (npm install)")
         yield url
     finally:
         proc.terminate()

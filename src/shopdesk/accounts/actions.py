@@ -21,7 +21,8 @@ async def do_create_merchant(session: AsyncSession, *, name: str, slug: str) -> 
         raise ValidationFailed("slug: lowercase letters, digits and '-', 2–63 characters", field="slug")
     if (await session.execute(select(Merchant.id).where(Merchant.slug == slug))).first():
         raise Conflict(f"merchant '{slug}' exists", code="already_exists", field="slug")
-    merchant = Merchant(name=name, slug=slug, settings={})
+    # webhook_events: the patterns its webhooks subscribe to (none yet); see notifications.emit_webhook.
+    merchant = Merchant(name=name, slug=slug, settings={"webhook_events": []})
     session.add(merchant)
     await session.flush()
     return merchant

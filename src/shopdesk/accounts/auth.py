@@ -1,6 +1,7 @@
 """Who is calling: merchant API keys, staff tokens, shopper tokens and page sessions."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -8,11 +9,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shopdesk.accounts.models import ApiKey, Staff
+from shopdesk.core.clock import now
 from shopdesk.core.errors import Forbidden, NotFound, Unauthorized
 from shopdesk.core.security import hash_secret, issue_token, read_token, same
 
 STAFF_TTL = timedelta(hours=12)
 SHOPPER_TTL = timedelta(days=7)
+# A staff login or API key resolved from the database is remembered this long per process, so a
+# request does not pay a query (and a transaction of its own) to learn who is calling. A revoked
+# key or removed staff member therefore stops working within this many seconds on every node.
+PRINCIPAL_CACHE_S = 30.0
+_PRINCIPALS: dict[str, tuple[float, float | None, "Principal"]] = {}
+_PRINCIPALS_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -68,23 +76,49 @@ def shopper_token(merchant_id: str, customer_id: str) -> str:
     return issue_token({"k": "shopper", "sub": customer_id, "m": merchant_id}, SHOPPER_TTL)
 
 
+def _remember(token: str, principal: Principal, expires: float | None = None) -> Principal:
+    if len(_PRINCIPALS) >= _PRINCIPALS_MAX:
+        _PRINCIPALS.clear()
+    _PRINCIPALS[token] = (time.monotonic() + PRINCIPAL_CACHE_S, expires, principal)
+    return principal
+
+
+def remembered(token: str | None) -> Principal | None:
+    """The principal of a token resolved recently in this process, without touching the database."""
+    if not token:
+        return None
+    hit = _PRINCIPALS.get(token)
+    if hit is None:
+        return None
+    if hit[0] < time.monotonic():
+        _PRINCIPALS.pop(token, None)
+        return None
+    if hit[1] is not None and hit[1] < now().timestamp():
+        raise Unauthorized("token expired")  # the token's own expiry still counts, against the app clock
+    return hit[2]
+
+
 async def resolve(session: AsyncSession, token: str | None) -> Principal:
     """Turn a bearer token into a principal, or raise 401."""
     if not token:
         raise Unauthorized("missing bearer token")
+    known = remembered(token)
+    if known is not None:
+        return known
     if token.startswith("sk_"):
         parts = token.split("_", 2)
         if len(parts) == 3:
             key = (await session.execute(select(ApiKey).where(ApiKey.prefix == parts[1]))).scalar_one_or_none()
             if key and key.revoked_at is None and same(key.key_hash, hash_secret(token)):
-                return Principal("merchant_key", key.merchant_id)
+                return _remember(token, Principal("merchant_key", key.merchant_id))
         raise Unauthorized("invalid API key")
     claims = read_token(token)
     if claims.get("k") == "staff":
         staff = await session.get(Staff, claims["sub"])
         if staff is None:
             raise Unauthorized("unknown staff")
-        return Principal("staff", staff.merchant_id, staff_id=staff.id, role=staff.role, name=staff.name)
+        return _remember(token, Principal("staff", staff.merchant_id, staff_id=staff.id, role=staff.role,
+                                          name=staff.name), claims.get("exp", 0))
     if claims.get("k") == "shopper":
-        return Principal("shopper", claims["m"], customer_id=claims["sub"])
+        return _remember(token, Principal("shopper", claims["m"], customer_id=claims["sub"]), claims.get("exp", 0))
     raise Unauthorized("invalid token")

@@ -12,10 +12,11 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 
 from shopdesk.accounts.auth import Principal
 from shopdesk.accounts.models import Merchant
+from shopdesk.accounts.queries import merchant_of
 from shopdesk.aftersales import rules, states
 from shopdesk.aftersales.models import AftersaleCase, AftersaleEvent, AftersaleLine, CaseShipment, Upload
 from shopdesk.aftersales.policy import DEFAULT_TIMERS, aftersales_settings, policy_of, timer
@@ -33,8 +34,8 @@ from shopdesk.refunds.actions import create_refunds
 
 
 def case_options():
-    return (selectinload(AftersaleCase.lines), selectinload(AftersaleCase.events),
-            selectinload(AftersaleCase.shipments))
+    return (joinedload(AftersaleCase.customer, innerjoin=True), selectinload(AftersaleCase.lines),
+            selectinload(AftersaleCase.events), selectinload(AftersaleCase.shipments))
 
 
 async def access_case(session: AsyncSession, principal: Principal, case_id: str, *, lock: bool = False) -> AftersaleCase:
@@ -98,12 +99,6 @@ def _deductions(items: list[DeductionIn]) -> list[rules.Deduction]:
     return [rules.Deduction(d.type, d.amount_fen, d.note) for d in items]
 
 
-async def _merchant(session: AsyncSession, merchant_id: str) -> Merchant:
-    merchant = await session.get(Merchant, merchant_id)
-    assert merchant is not None
-    return merchant
-
-
 async def _quote(session: AsyncSession, principal: Principal, body: QuoteIn, *, photo_count: int | None = None,
                  exclude_case: str | None = None, lock: bool = False) -> tuple[rules.Quote, Order, Merchant]:
     merchant_id = principal.merchant_id
@@ -112,7 +107,7 @@ async def _quote(session: AsyncSession, principal: Principal, body: QuoteIn, *, 
     order = await load_order(session, merchant_id, body.order_id, lock=lock)
     if principal.kind == "shopper" and order.customer_id != principal.customer_id:
         raise NotFound("no such order")
-    merchant = await _merchant(session, merchant_id)
+    merchant = await merchant_of(session, merchant_id)
     view = await order_view(session, order, exclude_case=exclude_case)
     req = rules.QuoteRequest(
         type=body.type, reason=body.reason, lines=[(ln.order_line_id, ln.quantity) for ln in body.lines],
@@ -178,7 +173,9 @@ async def do_create_case(session: AsyncSession, principal: Principal, body: Case
     at = now()
     day = at.astimezone(ZoneInfo(merchant.time_zone)).strftime("%Y%m%d")
     number = await next_number(session, merchant_id, f"AS{day}")
+    # Every column the action reads before the INSERT is set here, so the case is inserted once, whole.
     case = AftersaleCase(
+        id=new_id(), version=1, alarm_level=0, postage_refund_fen=0, resubmit_count=0,
         merchant_id=merchant_id, case_no=f"AS{day}-{number:04d}", order_id=order.id, customer_id=order.customer_id,
         type=body.type, reason=body.reason, responsibility=q.responsibility, status="requested",
         description=body.description, photo_ids=list(body.photo_ids),
@@ -187,7 +184,6 @@ async def do_create_case(session: AsyncSession, principal: Principal, body: Case
         buyer_pays_fen=q.buyer_pays_fen, deductions=[], flags=list(q.flags), created_at=at, updated_at=at,
         lines=[], events=[], shipments=[])
     session.add(case)
-    await session.flush()
     for pos, ql in enumerate(q.lines):
         line = AftersaleLine(merchant_id=merchant_id, case_id=case.id, order_line_id=ql.order_line_id,
                              position=pos, quantity=ql.quantity, refund_fen=ql.refund_fen)
@@ -273,7 +269,7 @@ async def _move(session: AsyncSession, case: AftersaleCase, action: str, actor: 
             line.is_open = False
     _event(session, case, actor, actor_id, action, before, target, note, data)
     if settings is None:
-        settings = aftersales_settings(await _merchant(session, case.merchant_id))
+        settings = aftersales_settings(await merchant_of(session, case.merchant_id))
     _arm(case, settings, at)
     await notify_case_change(session, case, action)
     record(session, merchant_id=case.merchant_id, actor_type=actor, actor_id=actor_id, action=f"aftersales.{action}",
@@ -344,7 +340,7 @@ async def do_approve(session: AsyncSession, principal: Principal, case_id: str, 
     _merchant_actor(principal)
     _check_version(case, body.expected_version)
     states.next_status("approve", case.status, case.type)
-    merchant = await _merchant(session, case.merchant_id)
+    merchant = await merchant_of(session, case.merchant_id)
     # The order is only needed to value gifts for a deduction, or when money moves now.
     order = None
     if body.deductions or states.after_approval(case.type) == "refunding":
@@ -379,7 +375,7 @@ async def do_accept_offer(session: AsyncSession, principal: Principal, case_id: 
     _buyer_actor(principal, case)
     states.next_status("accept_offer", case.status, case.type)
     order = await load_order(session, case.merchant_id, case.order_id, lock=True)
-    merchant = await _merchant(session, case.merchant_id)
+    merchant = await merchant_of(session, case.merchant_id)
     await _approve(session, case, order, merchant, "buyer", principal.customer_id, deductions=[],
                    return_address=case.return_address, action="accept_offer")
     return case
@@ -409,7 +405,7 @@ async def do_ship_return(session: AsyncSession, principal: Principal, case_id: s
     case = await access_case(session, principal, case_id, lock=True)
     _buyer_actor(principal, case)
     states.next_status("ship_return", case.status, case.type)
-    merchant = await _merchant(session, case.merchant_id)
+    merchant = await merchant_of(session, case.merchant_id)
     settings = aftersales_settings(merchant)
     if postage_fen:
         if case.responsibility != "merchant":
@@ -443,8 +439,8 @@ async def do_receive(session: AsyncSession, principal: Principal | None, case_id
         await _move(session, case, "inspection_failed", actor, actor_id, note)
         return case
     states.next_status("receive", case.status, case.type)
-    case.received_at = now()
     order = await load_order(session, case.merchant_id, case.order_id, lock=True)
+    case.received_at = now()
     await _move(session, case, "receive", actor, actor_id, note or ("超时自动确认收货" if principal is None else ""))
     if case.status == "refunding":
         await _start_refunds(session, case, order)
@@ -538,7 +534,7 @@ async def do_rule(session: AsyncSession, principal: Principal, case_id: str, rul
         return case
     states.next_status("rule_for_buyer", case.status, case.type)
     order = await load_order(session, case.merchant_id, case.order_id, lock=True)
-    merchant = await _merchant(session, case.merchant_id)
+    merchant = await merchant_of(session, case.merchant_id)
     case.deductions = []
     await _approve(session, case, order, merchant, "platform", principal.staff_id, deductions=[],
                    return_address=None, note=note, action="rule_for_buyer")
@@ -562,27 +558,33 @@ async def on_refunds_changed(session: AsyncSession, case_id: str) -> None:
     """Move the case when its refunds settle: all succeeded → completed; failed or abnormal → exception."""
     from shopdesk.refunds.models import Refund
 
-    case = (await session.execute(select(AftersaleCase).where(AftersaleCase.id == case_id)
-                                  .options(*case_options()).with_for_update(of=AftersaleCase).execution_options(populate_existing=True))).scalar_one()
+    # Lock the case row first (settlements of one case queue here), but load it whole only if it moves.
+    status = (await session.execute(select(AftersaleCase.status).where(AftersaleCase.id == case_id)
+                                    .with_for_update())).scalar_one()
     refunds = list((await session.execute(select(Refund).where(Refund.case_id == case_id))).scalars())
     superseded = {r.supersedes for r in refunds if r.supersedes}
     live = [r for r in refunds if r.refund_no not in superseded]
-    if case.status == "refund_exception" and live and not any(r.status in ("failed", "abnormal") for r in live):
+    settled = live and all(r.status == "succeeded" for r in live)
+    troubled = any(r.status in ("failed", "abnormal") for r in live)
+    if not (status == "refunding" and (settled or troubled) or status == "refund_exception" and live and not troubled):
+        return  # nothing moves (the other refunds are still open, or the case is elsewhere)
+    case = (await session.execute(select(AftersaleCase).where(AftersaleCase.id == case_id).options(*case_options())
+                                  .execution_options(populate_existing=True))).scalar_one()
+    if case.status == "refund_exception":
         # Fixed without a retry (an abnormal refund settled by hand or by the provider): back to refunding (§5).
         await _move(session, case, "refund_retry", "system", None, "异常退款已处理")
-    if case.status == "refunding":
-        if live and all(r.status == "succeeded" for r in live):
-            await _move(session, case, "refunds_settled", "system", None, "退款成功")
-        elif any(r.status in ("failed", "abnormal") for r in live):
-            bad = [r.refund_no for r in live if r.status in ("failed", "abnormal")]
-            await _move(session, case, "refund_exception", "system", None, "退款异常", data={"refund_nos": bad})
+    if settled:
+        await _move(session, case, "refunds_settled", "system", None, "退款成功")
+    elif troubled:
+        bad = [r.refund_no for r in live if r.status in ("failed", "abnormal")]
+        await _move(session, case, "refund_exception", "system", None, "退款异常", data={"refund_nos": bad})
 
 
 # Timers (rulebook §6): the sweeper calls these as actor "system".
 async def fire_deadline(session: AsyncSession, case: AftersaleCase) -> bool:
     """Run the action of a due deadline; return whether anything changed."""
     action = case.deadline_action
-    merchant = await _merchant(session, case.merchant_id)
+    merchant = await merchant_of(session, case.merchant_id)
     if action == "auto_approve":
         if case.status != "requested":
             return False
@@ -626,7 +628,7 @@ async def fire_alarm(session: AsyncSession, case: AftersaleCase) -> bool:
     if case.status not in ("refunding", "refund_exception"):
         case.alarm_at = None
         return False
-    settings = aftersales_settings(await _merchant(session, case.merchant_id))
+    settings = aftersales_settings(await merchant_of(session, case.merchant_id))
     start = case.received_at or case.approved_at or case.created_at
     level = case.alarm_level + 1
     labels = {1: "退款超过24小时目标", 2: "退款超过7天", 3: "退款超过15天（办法第31条）"}
@@ -668,12 +670,14 @@ def case_out(case: AftersaleCase, refunds: list[Any] | None = None, *, shopper: 
     }
 
 
-async def on_parcel_signed(session: AsyncSession, parcel: CaseShipment) -> None:
+async def on_parcel_signed(session: AsyncSession, parcel: CaseShipment, signed_at: datetime, state: str) -> None:
     """A return or replacement was signed for: restart the step's timer from the signing (rulebook §6)."""
     case = (await session.execute(select(AftersaleCase).where(AftersaleCase.id == parcel.case_id)
                                   .options(*case_options()).with_for_update(of=AftersaleCase).execution_options(populate_existing=True))).scalar_one()
+    # Changed only now, under the case lock: reloading the case refreshes its parcels from the database.
+    parcel.signed_at, parcel.tracking_state = signed_at, state
     if (case.status, parcel.direction) in (("awaiting_receipt", "return"), ("awaiting_buyer_confirm", "reship")):
-        settings = aftersales_settings(await _merchant(session, case.merchant_id))
+        settings = aftersales_settings(await merchant_of(session, case.merchant_id))
         _arm(case, settings, now())
         _event(session, case, "system", None, "parcel_signed", case.status, case.status,
                f"{parcel.carrier} {parcel.tracking_no} 已签收", data={"direction": parcel.direction})

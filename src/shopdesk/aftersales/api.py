@@ -38,7 +38,8 @@ def quote_out(q) -> dict:
 
 
 async def full_case(session, case: AftersaleCase, principal: Principal) -> dict:
-    refunds = (await refunds_by_case(session, [case.id]))[case.id]
+    # Refund rows are written at approval at the earliest, so a case never approved has none.
+    refunds = (await refunds_by_case(session, [case.id]))[case.id] if case.approved_at else []
     return actions.case_out(case, refunds, shopper=principal.kind == "shopper")
 
 

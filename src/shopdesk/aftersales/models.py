@@ -7,6 +7,7 @@ from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, Unique
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from shopdesk.core.db import Base, created_column, id_column
+from shopdesk.customers.models import Customer
 
 
 class AftersaleCase(Base):
@@ -52,6 +53,8 @@ class AftersaleCase(Base):
     received_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
 
+    # Loaded with the case (one join) for the shopper's notification email.
+    customer: Mapped["Customer"] = relationship(lazy="raise", viewonly=True)
     lines: Mapped[list["AftersaleLine"]] = relationship(order_by="AftersaleLine.position", lazy="raise")
     events: Mapped[list["AftersaleEvent"]] = relationship(order_by="AftersaleEvent.seq", lazy="raise")
     shipments: Mapped[list["CaseShipment"]] = relationship(order_by="CaseShipment.shipped_at", lazy="raise")

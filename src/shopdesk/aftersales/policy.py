@@ -1,7 +1,6 @@
 """A merchant's after-sales settings: timers, reasons, return address, Art. 17 option."""
 from __future__ import annotations
 
-import copy
 from datetime import timedelta
 
 from shopdesk.accounts.models import Merchant
@@ -34,14 +33,9 @@ DEFAULTS: dict = {
 
 
 def aftersales_settings(merchant: Merchant) -> dict:
+    """The merchant's settings over the defaults (a shallow overlay: callers read it, never change it)."""
     stored = (merchant.settings or {}).get("aftersales", {})
-    merged = copy.deepcopy(DEFAULTS)
-    for key, value in stored.items():
-        if key == "timers":
-            merged["timers"].update(value)
-        else:
-            merged[key] = value
-    return merged
+    return {**DEFAULTS, **stored, "timers": {**DEFAULT_TIMERS, **stored.get("timers", {})}}
 
 
 def policy_of(merchant: Merchant) -> Policy:

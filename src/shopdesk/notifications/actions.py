@@ -7,7 +7,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shopdesk.accounts.models import Staff
+from shopdesk.accounts.models import Merchant, Staff
+from shopdesk.accounts.queries import merchant_of
 from shopdesk.core.clock import isoformat, now
 from shopdesk.core.ids import new_id
 from shopdesk.core.outbox import enqueue
@@ -43,7 +44,27 @@ async def notify_case_change(session: AsyncSession, case, action: str) -> None:
                  "deadline_at": isoformat(case.deadline_at)}})
 
 
+async def do_create_webhook(session: AsyncSession, merchant_id: str, url: str, events: list[str],
+                            secret: str) -> Webhook:
+    """Subscribe a URL to events, and keep the merchant's summary of subscribed patterns current."""
+    merchant = await session.get(Merchant, merchant_id, with_for_update=True, populate_existing=True)
+    assert merchant is not None
+    hook = Webhook(merchant_id=merchant_id, url=url, events=events, secret=secret)
+    session.add(hook)
+    await session.flush()
+    patterns: set[str] = set()
+    for row in (await session.execute(select(Webhook.events).where(Webhook.merchant_id == merchant_id))).scalars():
+        patterns.update(row)
+    merchant.settings = {**(merchant.settings or {}), "webhook_events": sorted(patterns)}
+    return hook
+
+
 async def emit_webhook(session: AsyncSession, merchant_id: str, event: str, data: dict) -> None:
+    # The merchant row (usually already read by the action) summarises what its webhooks subscribe
+    # to, so an event nobody wants costs no query. A merchant without the summary is looked up in full.
+    patterns = ((await merchant_of(session, merchant_id)).settings or {}).get("webhook_events")
+    if patterns is not None and not any(fnmatch.fnmatchcase(event, p) for p in patterns):
+        return
     hooks = (await session.execute(select(Webhook).where(Webhook.merchant_id == merchant_id))).scalars()
     for hook in hooks:
         if any(fnmatch.fnmatchcase(event, pattern) for pattern in hook.events):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from sqlalchemy import select
 
+from shopdesk.notifications.actions import do_create_webhook
 from shopdesk.notifications.models import Webhook
 from shopdesk.notifications.schemas import WebhookIn
 from shopdesk.web.deps import CurrentPrincipal, DbSession
@@ -22,10 +23,7 @@ async def create_webhook(body: WebhookIn, request: Request, session: DbSession, 
     principal.require_role("admin")
 
     async def make() -> dict:
-        hook = Webhook(merchant_id=merchant_id, url=body.url, events=body.events, secret=body.secret)
-        session.add(hook)
-        await session.flush()
-        return webhook_out(hook)
+        return webhook_out(await do_create_webhook(session, merchant_id, body.url, body.events, body.secret))
 
     return await create_once(request, session, principal, make)
 

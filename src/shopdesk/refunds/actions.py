@@ -14,6 +14,7 @@ from sqlalchemy.orm import aliased
 
 from shopdesk.accounts.auth import Principal
 from shopdesk.accounts.models import Merchant
+from shopdesk.accounts.queries import merchant_of
 from shopdesk.aftersales.rules import TenderView, split_over_tenders
 from shopdesk.core.audit import record
 from shopdesk.core.clock import now
@@ -52,8 +53,7 @@ def payment_providers(merchant: Merchant) -> dict[str, str]:
 
 async def create_refunds(session: AsyncSession, case, order: Order, amount: int) -> list[Refund]:
     """Split a refund over the order's tenders and insert one row each, checking the caps (4.6)."""
-    merchant = await session.get(Merchant, order.merchant_id)
-    providers = payment_providers(merchant) if merchant else {}
+    providers = payment_providers(await merchant_of(session, order.merchant_id))
     tenders = [TenderView(p.id, p.method, p.amount_fen, p.refunded_fen) for p in order.payments]
     if amount > sum(t.amount_fen - t.refunded_fen for t in tenders):
         raise ValidationFailed("refund exceeds what is left to refund on the order's payments",
@@ -106,12 +106,15 @@ def backoff(attempts: int, base_s: float) -> timedelta:
 
 
 async def apply_result(session: AsyncSession, refund_no: str, status: str, *, provider_ref: str | None = None,
-                       detail: str = "", retry_base_s: float = 2.0, poll: bool = True) -> Refund | None:
-    """Apply a provider answer to a refund, only ever moving it forward; settle the case when done."""
+                       detail: str = "", retry_base_s: float = 2.0, poll: bool = True,
+                       locked: Refund | None = None) -> Refund | None:
+    """Apply a provider answer to a refund, only ever moving it forward; settle the case when done.
+
+    locked: the refund, already read FOR UPDATE in this transaction by the caller.
+    """
     from shopdesk.aftersales.actions import on_refunds_changed
 
-    refund = (await session.execute(select(Refund).where(Refund.refund_no == refund_no).with_for_update().execution_options(populate_existing=True))
-              ).scalar_one_or_none()
+    refund = locked or await find_refund(session, refund_no, lock=True)
     if refund is None:
         return None
     if status in ("unknown", "not_found"):
@@ -200,12 +203,15 @@ async def claim_due(session: AsyncSession, *, limit: int, lease_s: float) -> lis
     return claims
 
 
-async def find_refund(session: AsyncSession, refund_no: str) -> Refund | None:
-    return (await session.execute(select(Refund).where(Refund.refund_no == refund_no))).scalar_one_or_none()
+async def find_refund(session: AsyncSession, refund_no: str, *, lock: bool = False) -> Refund | None:
+    stmt = select(Refund).where(Refund.refund_no == refund_no)
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def access_refund(session: AsyncSession, principal: Principal, refund_no: str) -> Refund:
-    refund = await find_refund(session, refund_no)
+async def access_refund(session: AsyncSession, principal: Principal, refund_no: str, *, lock: bool = False) -> Refund:
+    refund = await find_refund(session, refund_no, lock=lock)
     if refund is None or refund.merchant_id != principal.merchant_id or principal.kind == "shopper":
         raise NotFound("no such refund")
     return refund
@@ -213,7 +219,7 @@ async def access_refund(session: AsyncSession, principal: Principal, refund_no: 
 
 async def do_confirm_manual(session: AsyncSession, principal: Principal, refund_no: str, reference: str) -> Refund:
     """An agent records a refund made outside the system (manual provider only)."""
-    refund = await access_refund(session, principal, refund_no)
+    refund = await access_refund(session, principal, refund_no, lock=True)
     if principal.kind != "staff":
         raise NotFound("no such refund")
     if refund.provider != "manual":
@@ -222,20 +228,21 @@ async def do_confirm_manual(session: AsyncSession, principal: Principal, refund_
         return refund
     if refund.status not in OPEN_STATUSES:
         raise Conflict(f"the refund is {refund.status}", code="illegal_transition")
-    await apply_result(session, refund_no, "succeeded", provider_ref=reference, detail=f"confirmed by {principal.name}")
+    await apply_result(session, refund_no, "succeeded", provider_ref=reference, detail=f"confirmed by {principal.name}",
+                       locked=refund)
     return refund
 
 
 async def do_resolve(session: AsyncSession, principal: Principal, refund_no: str, status: str, note: str) -> Refund:
     """Settle a refund by hand after checking with the provider: abnormal ones, or manual ones that failed."""
-    refund = await access_refund(session, principal, refund_no)
+    refund = await access_refund(session, principal, refund_no, lock=True)
     principal.require_role("supervisor", "admin")
     if status not in ("succeeded", "failed"):
         raise ValidationFailed("status must be succeeded or failed", field="status")
     if refund.status not in ("abnormal",) and not (refund.provider == "manual" and refund.status in OPEN_STATUSES):
         raise Conflict(f"a {refund.status} {refund.provider} refund is settled by the provider",
                        code="illegal_transition")
-    await apply_result(session, refund_no, status, detail=note or f"resolved by {principal.name}")
+    await apply_result(session, refund_no, status, detail=note or f"resolved by {principal.name}", locked=refund)
     return refund
 
 

@@ -28,7 +28,8 @@ def bearer(request: Request) -> str | None:
 async def get_principal(request: Request, session: DbSession) -> Principal:
     principal = await resolve(session, bearer(request))
     request.state.principal = principal
-    await session.rollback()  # end the read that resolved it; handlers open their own transaction
+    if session.in_transaction():
+        await session.rollback()  # end the read that resolved it; handlers open their own transaction
     return principal
 
 

@@ -209,7 +209,8 @@ async def _page_principal(request: Request, session: Any, area: str, kind: str) 
         except BadSignature:
             token = None
     principal = await resolve(session, token)
-    await session.rollback()  # end the read that resolved it; handlers open their own transaction
+    if session.in_transaction():
+        await session.rollback()  # end the read that resolved it; handlers open their own transaction
     if principal.kind != kind:
         raise Unauthorized("wrong kind of session")
     request.state.principal = principal

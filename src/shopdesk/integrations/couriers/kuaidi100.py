@@ -76,7 +76,6 @@ async def mark_signed(tracking_no: str, signed_at: datetime, state: str) -> int:
         parcels = (await session.execute(select(CaseShipment).where(CaseShipment.tracking_no == tracking_no))).scalars()
         for parcel in parcels:
             if parcel.signed_at is None:
-                parcel.signed_at, parcel.tracking_state = signed_at, state
-                await on_parcel_signed(session, parcel)
+                await on_parcel_signed(session, parcel, signed_at, state)
                 touched += 1
     return touched
