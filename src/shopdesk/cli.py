@@ -165,8 +165,9 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     os.environ["SHOPDESK_RUN_JOBS_IN_PROCESS"] = "1" if jobs else "0"
     os.environ.setdefault("SHOPDESK_BASE_URL", f"http://{host}:{port}")
     get_settings.cache_clear()
+    # Chat frames are at most 64 KiB (larger ones get an error frame); far larger ones are cut off by the server.
     uvicorn.run("shopdesk.main:create_app", factory=True, host=host, port=port, log_level="warning",
-                ws="websockets-sansio" if sys.version_info >= (3, 10) else "auto")
+                ws="websockets-sansio" if sys.version_info >= (3, 10) else "auto", ws_max_size=1024 * 1024)
 
 
 @app.command("sandbox-psp")

@@ -13,7 +13,10 @@ class Settings(BaseSettings):
     # Signs tokens, cookies and notifications. Unset: a random key kept in var/secret_key, so a
     # laptop install is not signed with a well-known string and survives restarts.
     secret_key: str = ""
+    # Set on every node when several server processes share the chat (Redis pub/sub fan-out).
     redis_url: str = ""
+    # Messages one chat visitor may send per minute over all their sockets.
+    chat_visitor_messages_per_minute: int = 120
     base_url: str = "http://127.0.0.1:8000"
     # Outbound mail; an empty host keeps mail in the outbox as 'skipped' instead of failing.
     smtp_host: str = ""

@@ -74,6 +74,9 @@ def install_error_handlers(app: FastAPI) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     get_engine()
+    from shopdesk.core.pubsub import close_broker, start_broker
+
+    await start_broker()
     stop = asyncio.Event()
     runner = None
     if settings.run_jobs_in_process:
@@ -89,6 +92,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     await close_providers()
     await psp_app.state.psp.aclose()
+    await close_broker()
     from shopdesk.core.db import dispose_engine
 
     await dispose_engine()
@@ -103,14 +107,18 @@ def create_app() -> FastAPI:
 
     from shopdesk.accounts.api import router as accounts
     from shopdesk.aftersales.api import router as aftersales
+    from shopdesk.chat.api import router as chat
     from shopdesk.customers.api import router as customers
     from shopdesk.integrations.couriers.kuaidi100 import router as kuaidi100
     from shopdesk.notifications.api import router as webhooks
     from shopdesk.orders.api import router as orders
     from shopdesk.refunds.api import router as refunds
 
-    for router in (accounts, customers, orders, aftersales, refunds, webhooks, kuaidi100):
+    for router in (accounts, customers, orders, aftersales, refunds, webhooks, kuaidi100, chat):
         app.include_router(router, prefix="/api/v1")
+    from shopdesk.chat.socket import chat_socket
+
+    app.add_api_websocket_route("/ws", chat_socket)
 
     from shopdesk.integrations.payments.sandbox_psp import app as psp_app
 

@@ -1,6 +1,7 @@
 """Every table, imported once so metadata is complete (migrations, tests)."""
 from shopdesk.accounts import models as _accounts  # noqa: F401
 from shopdesk.aftersales import models as _aftersales  # noqa: F401
+from shopdesk.chat import models as _chat  # noqa: F401
 from shopdesk.core import outbox as _outbox  # noqa: F401
 from shopdesk.core import records as _records  # noqa: F401
 from shopdesk.core.db import Base

@@ -12,8 +12,23 @@ async def build_objects(shop) -> dict:
     photo = await shop.photo(buyer)
     case = await create(shop, order, buyer, "compensation", "price_drop", [("A", 1)], amount_fen=100)
     case = await act(shop, case, "approve", token=shop.agent_token)
+    chat = await build_chat(shop)
     return {"case_id": case["id"], "order_id": order["id"], "refund_no": case["refunds"][0]["refund_no"],
-            "upload_id": photo, "external_id": order["customer_id"], "buyer": buyer}
+            "upload_id": photo, "external_id": order["customer_id"], "buyer": buyer, **chat}
+
+
+async def build_chat(shop) -> dict:
+    """A 留言 conversation with an image in it, through the chat actions."""
+    from shopdesk.chat.actions import do_save_attachment, do_send_message, do_start_widget_session, resolve_actor
+    from shopdesk.core.db import sessionmaker
+    from tests.factories import PNG
+
+    widget = await do_start_widget_session(store="main", merchant=shop.slug)
+    async with sessionmaker()() as session:
+        visitor = await resolve_actor(session, widget["token"])
+    attachment = await do_save_attachment(visitor, PNG)
+    sent = await do_send_message(visitor, client_msg_id="iso-1", text="有人吗", attachment_id=attachment.id)
+    return {"conversation_id": sent.ack["conversation_id"], "attachment_id": attachment.id}
 
 
 def id_routes(app) -> list[tuple[str, str]]:
@@ -37,7 +52,10 @@ ACTIONS = {"approve": {}, "reject": {"reason": "x"}, "accept-offer": {}, "declin
 BODIES = {"/api/v1/refunds/{refund_no}/confirm": {"reference": "r"},
           "/api/v1/refunds/{refund_no}/resolve": {"status": "succeeded"},
           "/api/v1/orders/{order_id}/shipments": {"carrier": "sf", "tracking_no": "SF3", "line_nos": ["2"],
-                                                  "shipped_at": "2026-11-06T12:00:00Z"}}
+                                                  "shipped_at": "2026-11-06T12:00:00Z"},
+          "/api/v1/conversations/{conversation_id}/transfer": {"desk": "0" * 32},
+          "/api/v1/conversations/{conversation_id}/rating": {"score": 5},
+          "/api/v1/conversations/{conversation_id}/reply-by-email": {"text": "您好"}}
 
 
 async def test_every_route_hides_other_tenants_and_other_shoppers(app, shop, other_shop, client):
@@ -64,6 +82,8 @@ async def test_every_route_hides_other_tenants_and_other_shoppers(app, shop, oth
     # and nothing moved: the case is as the owner left it
     case = (await shop.get(f"/aftersales/{objects['case_id']}")).json()
     assert case["status"] == "refunding" and case["version"] == 2
+    conversation = (await shop.get(f"/conversations/{objects['conversation_id']}", token=shop.agent_token)).json()
+    assert conversation["status"] == "offline" and conversation["last_seq"] == 1
 
 
 async def test_lists_show_only_own_data(shop, other_shop):

@@ -1,0 +1,1 @@
+"""Live chat: visitors, conversations, messages with per-conversation sequence numbers, routing."""

@@ -1,0 +1,758 @@
+"""Chat actions: every change goes through one do_* here, which owns its transaction.
+
+Each action: lock what it changes (the merchant's routing lock first, then the conversation) →
+check → write the rows → commit → THEN publish the events to the broker. A message is stored
+(with its sequence number) before anyone is told about it; an event lost after the commit is
+recovered by the client's `resume` or by the next message's gap repair (docs/chat.md).
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable
+
+from sqlalchemy import func, literal, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
+
+from shopdesk.accounts.auth import Principal
+from shopdesk.accounts.models import Merchant, Staff, Store
+from shopdesk.chat import routing
+from shopdesk.chat.models import (MAX_CAPACITY, PRESENCE, AgentPresence, ChatAttachment, ChatDesk, ChatMessage,
+                                  ChatVisitor, Conversation)
+from shopdesk.core import storage
+from shopdesk.core.audit import record
+from shopdesk.core.clock import isoformat, now
+from shopdesk.core.db import UTCDateTime, transaction
+from shopdesk.core.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
+from shopdesk.core.ids import new_id
+from shopdesk.core.outbox import enqueue
+from shopdesk.core.pubsub import Event, get_broker
+from shopdesk.core.security import hmac_hex, issue_token, read_token, same
+
+WIDGET_TTL = timedelta(days=7)
+MAX_TEXT = 5000
+MAX_PAGES = 20
+
+
+# --- who is acting ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ChatActor:
+    """A caller of the chat: a widget visitor, a staff member, a merchant key or a shopper (customer) token."""
+
+    kind: str  # visitor | staff | merchant_key | shopper
+    merchant_id: str
+    visitor_id: str | None = None
+    store_id: str | None = None
+    customer_id: str | None = None
+    staff_id: str | None = None
+    role: str | None = None
+    name: str = ""
+
+    @property
+    def is_staff_side(self) -> bool:
+        return self.kind in ("staff", "merchant_key")
+
+    @property
+    def sender_type(self) -> str:
+        return "agent" if self.is_staff_side else "visitor"
+
+    @property
+    def sender_id(self) -> str | None:
+        return self.staff_id if self.is_staff_side else self.visitor_id
+
+    def sender(self) -> dict:
+        return {"type": self.sender_type, "id": self.sender_id, "name": self.name}
+
+    def require_staff(self) -> None:
+        if not self.is_staff_side:
+            raise NotFound("not found")
+
+    def require_agent(self) -> str:
+        """A staff member in person (not a merchant key); return their id."""
+        if self.kind != "staff" or self.staff_id is None:
+            raise NotFound("not found")
+        return self.staff_id
+
+
+def widget_token(visitor: ChatVisitor, name: str) -> str:
+    return issue_token({"k": "visitor", "sub": visitor.id, "m": visitor.merchant_id, "s": visitor.store_id,
+                        "c": visitor.customer_id, "n": name}, WIDGET_TTL)
+
+
+def visitor_actor(claims: dict) -> ChatActor:
+    return ChatActor("visitor", claims["m"], visitor_id=claims["sub"], store_id=claims.get("s"),
+                     customer_id=claims.get("c"), name=claims.get("n") or "访客")
+
+
+def actor_from_principal(principal: Principal) -> ChatActor:
+    """Chat view of an API caller; platform operators have no merchant and see no chat."""
+    if principal.merchant_id is None or principal.is_platform:
+        raise NotFound("not found")
+    if principal.kind == "staff":
+        return ChatActor("staff", principal.merchant_id, staff_id=principal.staff_id, role=principal.role,
+                         name=principal.name)
+    if principal.kind == "shopper":
+        return ChatActor("shopper", principal.merchant_id, customer_id=principal.customer_id, name="顾客")
+    return ChatActor("merchant_key", principal.merchant_id, name="merchant")
+
+
+async def resolve_actor(session: AsyncSession, token: str | None) -> ChatActor:
+    """A bearer token → a chat actor: widget tokens here, the rest through accounts.auth."""
+    from shopdesk.accounts.auth import resolve
+
+    if token and not token.startswith("sk_"):
+        claims = read_token(token)
+        if claims.get("k") == "visitor":
+            return visitor_actor(claims)
+    return actor_from_principal(await resolve(session, token))
+
+
+# --- frames -------------------------------------------------------------------------------------
+
+def encode(frame: dict) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def message_out(m: ChatMessage) -> dict:
+    return {"id": m.id, "conversation_id": m.conversation_id, "seq": m.seq, "client_msg_id": m.client_msg_id,
+            "sender": {"type": m.sender_type, "id": m.sender_id, "name": m.sender_name}, "text": m.text,
+            "attachment": m.attachment, "created_at": isoformat(m.created_at), "via": m.via}
+
+
+def message_frame(m: ChatMessage) -> str:
+    return encode({"type": "message.created", "message": message_out(m)})
+
+
+def conversation_out(conv: Conversation, assignee_name: str | None = None,
+                     spot: routing.QueueSpot | None = None) -> dict:
+    queued = conv.status == "queued" and spot is not None
+    return {"id": conv.id, "status": conv.status,
+            "assignee": {"id": conv.assignee_id, "name": assignee_name or ""} if conv.assignee_id else None,
+            "queue_position": spot.position if queued else None, "eta_s": spot.eta_s if queued else None,
+            "visitor_id": conv.visitor_id, "desk_id": conv.desk_id, "last_seq": conv.last_seq,
+            "created_at": isoformat(conv.created_at), "ended_at": isoformat(conv.ended_at),
+            "rating": {"score": conv.rating_score, "comment": conv.rating_comment or ""}
+            if conv.rating_score is not None else None}
+
+
+def topics_for_message(conv_id: str, visitor_id: str, assignee_id: str | None, merchant_id: str) -> tuple[str, ...]:
+    """Every socket of every participant, the watchers, and — while nobody holds the chat — all agents."""
+    staff = f"s:{assignee_id}" if assignee_id else f"m:{merchant_id}"
+    return (f"v:{visitor_id}", f"c:{conv_id}", staff)
+
+
+@dataclass
+class Outcome:
+    """What an action changed, and the events to publish once it has committed."""
+
+    events: list[Event] = field(default_factory=list)
+    data: Any = None
+
+    async def publish(self) -> None:
+        if self.events:
+            await get_broker().publish_many(self.events)
+
+
+async def staff_names(session: AsyncSession, ids: set[str | None]) -> dict[str, str]:
+    ids = {i for i in ids if i}
+    if not ids:
+        return {}
+    return dict((await session.execute(select(Staff.id, Staff.name).where(Staff.id.in_(ids)))).all())
+
+
+async def conversation_events(session: AsyncSession, merchant_id: str, changed: list[Conversation], *,
+                              requeued: bool) -> list[Event]:
+    """conversation.updated for each changed chat (visitor + agents); with requeued, new positions for the queue."""
+    at = now()
+    names = await staff_names(session, {c.assignee_id for c in changed})
+    spots = await routing.queue_view(session, merchant_id, at) if (requeued or any(
+        c.status == "queued" for c in changed)) else {}
+    events = []
+    seen = set()
+    for conv in changed:
+        seen.add(conv.id)
+        frame = encode({"type": "conversation.updated",
+                        "conversation": conversation_out(conv, names.get(conv.assignee_id or ""), spots.get(conv.id))})
+        events.append(Event((f"v:{conv.visitor_id}", f"m:{merchant_id}", f"c:{conv.id}"), frame))
+    if requeued:
+        queued = {c.id: c for c in (await session.execute(select(Conversation).where(
+            Conversation.id.in_([s for s in spots if s not in seen])))).scalars()} if spots else {}
+        for conv_id, spot in spots.items():
+            if conv_id in seen or conv_id not in queued:
+                continue
+            frame = encode({"type": "conversation.updated", "conversation": conversation_out(queued[conv_id], None, spot)})
+            events.append(Event((f"v:{spot.visitor_id}",), frame))
+    return events
+
+
+# --- access -------------------------------------------------------------------------------------
+
+def can_see(actor: ChatActor, conv: Conversation) -> bool:
+    if conv.merchant_id != actor.merchant_id:
+        return False
+    if actor.is_staff_side:
+        return True
+    if actor.kind == "visitor":
+        return conv.visitor_id == actor.visitor_id
+    return actor.customer_id is not None and conv.customer_id == actor.customer_id
+
+
+async def access_conversation(session: AsyncSession, actor: ChatActor, conversation_id: str, *,
+                              lock: bool = False) -> Conversation:
+    """Fetch a conversation the caller may see (optionally locked); anyone else gets 404."""
+    stmt = select(Conversation).where(Conversation.id == conversation_id)
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    conv = (await session.execute(stmt)).scalar_one_or_none() if len(conversation_id) <= 32 else None
+    if conv is None or not can_see(actor, conv):
+        raise NotFound("no such conversation", field="conversation_id")
+    return conv
+
+
+# --- widget sessions ----------------------------------------------------------------------------
+
+async def _store_for_widget(session: AsyncSession, code: str, merchant_slug: str | None) -> Store:
+    stmt = select(Store).where(Store.code == code)
+    if merchant_slug:
+        stmt = stmt.join(Merchant, Merchant.id == Store.merchant_id).where(Merchant.slug == merchant_slug)
+    stores = (await session.execute(stmt.limit(2))).scalars().all()
+    if not stores:
+        raise ValidationFailed(f"no store '{code}'", field="store")
+    if len(stores) > 1:
+        raise ValidationFailed("several merchants have a store with this code: name the merchant",
+                               field="merchant")
+    return stores[0]
+
+
+async def do_start_widget_session(*, store: str, merchant: str | None = None, visitor_id: str | None = None,
+                                  identity: dict | None = None, page: dict | None = None,
+                                  contact: dict | None = None) -> dict:
+    """Start (or continue) a widget session; an identity binds the visitor to a customer if its HMAC is right."""
+    from shopdesk.customers.actions import do_upsert_customer
+
+    at = now()
+    async with transaction() as session:
+        shop_store = await _store_for_widget(session, store, merchant)
+        customer = None
+        if identity is not None:
+            if not same(hmac_hex(shop_store.identity_secret, identity["external_id"]), identity["hmac"].lower()):
+                raise Unauthorized("the identity's hmac does not match the store's identity secret",
+                                   code="bad_identity", field="identity.hmac")
+            customer = await do_upsert_customer(session, shop_store.merchant_id, external_id=identity["external_id"],
+                                                name=identity.get("name") or None)
+        visitor = None
+        if visitor_id:
+            visitor = await session.get(ChatVisitor, visitor_id) if len(visitor_id) <= 32 else None
+            if visitor is not None and (visitor.store_id != shop_store.id or (
+                    customer is not None and visitor.customer_id not in (None, customer.id))):
+                # Another store's visitor, or one bound to another customer than the one just proven:
+                # a fresh visitor, so two shoppers on one browser never share a conversation.
+                visitor = None
+        if visitor is None and customer is not None:
+            visitor = (await session.execute(select(ChatVisitor).where(
+                ChatVisitor.customer_id == customer.id, ChatVisitor.store_id == shop_store.id)
+                .order_by(ChatVisitor.last_seen_at.desc()).limit(1))).scalar_one_or_none()
+        if visitor is None:
+            visitor = ChatVisitor(merchant_id=shop_store.merchant_id, store_id=shop_store.id, pages=[], visit_count=1,
+                                  created_at=at, last_seen_at=at)
+            session.add(visitor)
+        else:
+            if at - visitor.last_seen_at > timedelta(minutes=30):
+                visitor.visit_count += 1
+            visitor.last_seen_at = at
+        if customer is not None:
+            visitor.customer_id = customer.id
+            visitor.name = customer.name or visitor.name
+            if customer.email and not visitor.email:
+                visitor.email = customer.email
+        if contact:
+            _apply_contact(visitor, contact)
+        if page:
+            visitor.pages = ([{"url": page.get("url", ""), "title": page.get("title", ""), "at": isoformat(at)}]
+                             + list(visitor.pages or []))[:MAX_PAGES]
+        await session.flush()
+        name = visitor.name or f"访客{visitor.id[-4:]}"
+        conv = await open_conversation(session, visitor.id)
+        spot = None
+        if conv and conv.status == "queued":
+            spot = (await routing.queue_view(session, visitor.merchant_id, at, only={conv.id})).get(conv.id)
+        names = await staff_names(session, {conv.assignee_id} if conv else set())
+        online = bool(await routing.online_pool(session, visitor.merchant_id))
+        return {"visitor_id": visitor.id, "token": widget_token(visitor, name),
+                "conversation": conversation_out(conv, names.get(conv.assignee_id or ""), spot) if conv else None,
+                "agents_online": online}
+
+
+def _apply_contact(visitor: ChatVisitor, contact: dict) -> None:
+    for key in ("name", "email", "phone"):
+        if contact.get(key) is not None:
+            setattr(visitor, key, contact[key].strip())
+
+
+async def do_save_contact(actor: ChatActor, contact: dict) -> dict:
+    """The leave-a-message form's contact details (where an emailed reply goes)."""
+    if actor.kind != "visitor":
+        raise NotFound("not found")
+    async with transaction() as session:
+        visitor = await session.get(ChatVisitor, actor.visitor_id)
+        if visitor is None or visitor.merchant_id != actor.merchant_id:
+            raise NotFound("no such visitor")
+        _apply_contact(visitor, contact)
+        return {"name": visitor.name, "email": visitor.email, "phone": visitor.phone}
+
+
+async def open_conversation(session: AsyncSession, visitor_id: str) -> Conversation | None:
+    return (await session.execute(select(Conversation).where(
+        Conversation.visitor_id == visitor_id, Conversation.status != "ended"))).scalar_one_or_none()
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+def ack_of(m: ChatMessage) -> dict:
+    return {"type": "message.ack", "client_msg_id": m.client_msg_id, "message_id": m.id,
+            "conversation_id": m.conversation_id, "seq": m.seq}
+
+
+async def _earlier(session: AsyncSession, actor: ChatActor, client_msg_id: str,
+                   conversation_id: str | None) -> ChatMessage | None:
+    """The message this sender already stored under this client id (a resend), if any."""
+    stmt = select(ChatMessage).where(ChatMessage.sender_id == actor.sender_id,
+                                     ChatMessage.client_msg_id == client_msg_id)
+    if conversation_id:
+        stmt = stmt.where(ChatMessage.conversation_id == conversation_id)
+    else:  # a visitor's resend without a conversation id: any of their conversations
+        stmt = stmt.where(ChatMessage.conversation_id.in_(
+            select(Conversation.id).where(Conversation.visitor_id == actor.visitor_id)))
+    return (await session.execute(stmt.limit(1))).scalar_one_or_none()
+
+
+async def _new_conversation(session: AsyncSession, actor: ChatActor, outcome: Outcome) -> Conversation:
+    """Open a visitor's conversation and route it, under the routing lock (twice-checked: tabs race)."""
+    await routing.lock_routing(session, actor.merchant_id)
+    conv = await open_conversation(session, actor.visitor_id)
+    if conv is not None:
+        return conv
+    visitor = await session.get(ChatVisitor, actor.visitor_id)
+    if visitor is None or visitor.merchant_id != actor.merchant_id:
+        raise NotFound("no such visitor")
+    at = now()
+    desk = await routing.desk_for_store(session, visitor.merchant_id, visitor.store_id)
+    conv = Conversation(merchant_id=visitor.merchant_id, store_id=visitor.store_id, visitor_id=visitor.id,
+                        customer_id=visitor.customer_id, desk_id=desk.id if desk else None, status="queued",
+                        last_seq=0, visitor_read_seq=0, agent_read_seq=0, created_at=at, updated_at=at)
+    session.add(conv)
+    await routing.place(session, conv, visitor, at)
+    await session.flush()
+    outcome.events += await conversation_events(session, conv.merchant_id, [conv], requeued=False)
+    return conv
+
+
+async def _claim(session: AsyncSession, actor: ChatActor, conv: Conversation, outcome: Outcome) -> Conversation:
+    """An agent who writes in a chat nobody holds takes it (accepting from the queue or a 留言)."""
+    await routing.lock_routing(session, conv.merchant_id)
+    conv = await access_conversation(session, actor, conv.id, lock=True)
+    if conv.status in ("queued", "offline", "bot") and actor.staff_id:
+        was_queued = conv.status == "queued"
+        at = now()
+        conv.status, conv.assignee_id, conv.assigned_at, conv.queued_at, conv.updated_at = \
+            "assigned", actor.staff_id, at, None, at
+        visitor = await session.get(ChatVisitor, conv.visitor_id)
+        if visitor is not None:
+            visitor.last_agent_id, visitor.last_agent_at = actor.staff_id, at
+        await session.flush()
+        outcome.events += await conversation_events(session, conv.merchant_id, [conv], requeued=was_queued)
+    return conv
+
+
+async def _reroute_offline(session: AsyncSession, actor: ChatActor, conv: Conversation, outcome: Outcome) -> Conversation:
+    """A visitor writing in a 留言 chat after agents came online is routed again."""
+    if not await routing.online_pool(session, conv.merchant_id):
+        return conv
+    await routing.lock_routing(session, conv.merchant_id)
+    conv = await access_conversation(session, actor, conv.id, lock=True)
+    if conv.status == "offline":
+        visitor = await session.get(ChatVisitor, conv.visitor_id)
+        await routing.place(session, conv, visitor, now())
+        await session.flush()
+        if conv.status != "offline":
+            outcome.events += await conversation_events(session, conv.merchant_id, [conv], requeued=False)
+    return conv
+
+
+async def _append(session: AsyncSession, conv: Conversation, *, sender_type: str, sender_id: str | None,
+                  sender_name: str, text: str, client_msg_id: str | None = None, attachment: dict | None = None,
+                  via: str = "chat") -> ChatMessage:
+    """Take the next sequence number in one UPDATE … RETURNING (the row lock orders writers) and store the message."""
+    at = now()
+    when = literal(at, UTCDateTime())
+    values: dict[str, Any] = {"last_seq": Conversation.last_seq + 1, "last_message_at": at, "updated_at": at}
+    if sender_type == "visitor":
+        values["waiting_since"] = func.coalesce(Conversation.waiting_since, when)
+        values["visitor_read_seq"] = Conversation.last_seq + 1
+    elif sender_type == "agent":
+        values["waiting_since"] = None
+        values["first_reply_at"] = func.coalesce(Conversation.first_reply_at, when)
+        values["agent_read_seq"] = Conversation.last_seq + 1
+    row = (await session.execute(
+        update(Conversation).where(Conversation.id == conv.id, Conversation.status != "ended").values(**values)
+        .returning(Conversation.last_seq).execution_options(synchronize_session=False))).first()
+    if row is None:
+        raise Conflict("this conversation has ended", code="conversation_ended", field="conversation_id")
+    seq = row[0]
+    set_committed_value(conv, "last_seq", seq)
+    message = ChatMessage(merchant_id=conv.merchant_id, conversation_id=conv.id, seq=seq, client_msg_id=client_msg_id,
+                          sender_type=sender_type, sender_id=sender_id, sender_name=sender_name, text=text,
+                          attachment=attachment, via=via, created_at=at)
+    session.add(message)
+    await session.flush()
+    return message
+
+
+def check_text(text: str | None, attachment_id: str | None) -> str:
+    text = text or ""
+    if len(text) > MAX_TEXT:
+        raise ValidationFailed(f"at most {MAX_TEXT} characters", field="text")
+    if not text.strip() and not attachment_id:
+        raise ValidationFailed("a message needs text or an attachment_id", field="text")
+    return text
+
+
+async def _take_attachment(session: AsyncSession, actor: ChatActor, attachment_id: str, conv: Conversation) -> dict:
+    item = await session.get(ChatAttachment, attachment_id) if len(attachment_id) <= 32 else None
+    if item is None or item.merchant_id != actor.merchant_id or item.owner_id != actor.sender_id or (
+            item.conversation_id not in (None, conv.id)):
+        raise NotFound("no such attachment", field="attachment_id")
+    item.conversation_id = conv.id
+    return {"id": item.id, "url": f"/api/v1/chat/uploads/{item.id}", "content_type": item.content_type,
+            "size": item.size}
+
+
+@dataclass
+class Sent:
+    ack: dict
+    message: ChatMessage | None  # None for a resend: nothing new was stored
+    outcome: Outcome
+
+
+async def do_send_message(actor: ChatActor, *, client_msg_id: str, text: str | None = None,
+                          attachment_id: str | None = None, conversation_id: str | None = None,
+                          via: str = "chat", email_subject: str | None = None,
+                          on_stored: Callable[[dict], None] | None = None) -> Sent:
+    """Store a message with the conversation's next seq, commit, then publish it; a resend returns the first ack."""
+    text = check_text(text, attachment_id)
+    if actor.is_staff_side and not conversation_id:
+        raise ValidationFailed("conversation_id is required for staff", field="conversation_id")
+    if actor.kind == "shopper" or (actor.is_staff_side and actor.kind != "staff"):
+        raise NotFound("not found")  # the socket's callers are visitors and staff in person
+    for attempt in (1, 2):
+        outcome = Outcome()
+        try:
+            async with transaction() as session:
+                earlier = await _earlier(session, actor, client_msg_id, conversation_id)
+                if earlier is not None:
+                    if conversation_id:
+                        await access_conversation(session, actor, conversation_id)
+                    return Sent(ack_of(earlier), None, outcome)
+                if conversation_id:
+                    conv = await access_conversation(session, actor, conversation_id)
+                    if conv.status == "ended":
+                        raise Conflict("this conversation has ended", code="conversation_ended",
+                                       field="conversation_id")
+                else:
+                    conv = await open_conversation(session, actor.visitor_id) or \
+                        await _new_conversation(session, actor, outcome)
+                if actor.is_staff_side and conv.status in ("queued", "offline", "bot"):
+                    conv = await _claim(session, actor, conv, outcome)
+                elif actor.kind == "visitor" and conv.status == "offline":
+                    conv = await _reroute_offline(session, actor, conv, outcome)
+                attachment = await _take_attachment(session, actor, attachment_id, conv) if attachment_id else None
+                message = await _append(session, conv, sender_type=actor.sender_type, sender_id=actor.sender_id,
+                                        sender_name=actor.name, text=text, client_msg_id=client_msg_id,
+                                        attachment=attachment, via=via)
+                if via == "email":
+                    await _enqueue_reply_email(session, conv, message, email_subject)
+                outcome.events.append(Event(
+                    topics_for_message(conv.id, conv.visitor_id, conv.assignee_id, conv.merchant_id),
+                    message_frame(message), stream=conv.id, seq=message.seq))
+        except IntegrityError:
+            # Two sends of the same client id raced (the loser's seq rolled back with it), or two tabs
+            # opened a conversation at once: the second pass finds what the winner stored.
+            if attempt == 2:
+                raise
+            continue
+        ack = ack_of(message)
+        if on_stored is not None:
+            on_stored(ack)  # the sender hears "stored" before anyone hears the message
+        await outcome.publish()
+        return Sent(ack, message, outcome)
+    raise AssertionError("unreachable")
+
+
+async def _enqueue_reply_email(session: AsyncSession, conv: Conversation, message: ChatMessage,
+                               subject: str | None) -> None:
+    from shopdesk.customers.models import Customer
+
+    visitor = await session.get(ChatVisitor, conv.visitor_id)
+    to = visitor.email if visitor else ""
+    if not to and conv.customer_id:
+        customer = await session.get(Customer, conv.customer_id)
+        to = customer.email if customer else ""
+    if not to:
+        raise ValidationFailed("the visitor left no email address to reply to", code="no_email", field="email")
+    store = await session.get(Store, conv.store_id)
+    enqueue(session, "email", {"to": to, "subject": subject or f"【{store.name if store else '客服'}】您的留言有回复了",
+                               "body": f"{message.text}\n\n—— {message.sender_name}"}, conv.merchant_id)
+
+
+async def do_reply_by_email(actor: ChatActor, conversation_id: str, *, text: str, client_msg_id: str | None,
+                            subject: str | None = None) -> Sent:
+    """Answer a 留言 by email: stored as the agent's message (so it shows in the chat) and mailed through the outbox."""
+    actor.require_agent()
+    return await do_send_message(actor, client_msg_id=client_msg_id or f"email-{secrets.token_hex(8)}", text=text,
+                                 conversation_id=conversation_id, via="email", email_subject=subject)
+
+
+# --- reading, typing ----------------------------------------------------------------------------
+
+async def do_mark_read(actor: ChatActor, conversation_id: str, seq: int, *, skip: str = "") -> int:
+    """Mark everything up to seq read for the caller's side; tell the other side if it moved."""
+    column = Conversation.agent_read_seq if actor.is_staff_side else Conversation.visitor_read_seq
+    async with transaction() as session:
+        conv = await access_conversation(session, actor, conversation_id)
+        target = min(seq, conv.last_seq)
+        row = (await session.execute(
+            update(Conversation).where(Conversation.id == conv.id, column < target).values({column: target})
+            .returning(column).execution_options(synchronize_session=False))).first()
+        moved = row is not None
+        assignee, visitor_id, merchant_id = conv.assignee_id, conv.visitor_id, conv.merchant_id
+    if moved:
+        frame = encode({"type": "read", "conversation_id": conversation_id, "seq": target, "reader": actor.sender()})
+        await get_broker().publish(Event(other_side(actor, conversation_id, visitor_id, assignee, merchant_id),
+                                         frame, skip=skip))
+    return target
+
+
+def other_side(actor: ChatActor, conversation_id: str, visitor_id: str, assignee_id: str | None,
+               merchant_id: str) -> tuple[str, ...]:
+    if actor.is_staff_side:
+        return (f"v:{visitor_id}", f"c:{conversation_id}")
+    return (f"s:{assignee_id}" if assignee_id else f"m:{merchant_id}", f"c:{conversation_id}")
+
+
+# --- presence and routing -----------------------------------------------------------------------
+
+def presence_out(p: AgentPresence, load: int, name: str = "") -> dict:
+    return {"staff_id": p.staff_id, "name": name, "status": p.status, "capacity": p.capacity, "load": load}
+
+
+async def do_set_presence(actor: ChatActor, *, status: str, capacity: int | None = None) -> dict:
+    """Set an agent's presence and cap; an agent who comes online or raises the cap takes queued chats at once."""
+    staff_id = actor.require_agent()
+    if status not in PRESENCE:
+        raise ValidationFailed(f"status must be one of {', '.join(PRESENCE)}", field="status")
+    if capacity is not None and not 1 <= capacity <= MAX_CAPACITY:
+        raise ValidationFailed(f"capacity must be between 1 and {MAX_CAPACITY}", field="capacity")
+    outcome = Outcome()
+    at = now()
+    async with transaction() as session:
+        await routing.lock_routing(session, actor.merchant_id)
+        presence = await session.get(AgentPresence, staff_id, with_for_update=True, populate_existing=True)
+        if presence is None:
+            presence = AgentPresence(staff_id=staff_id, merchant_id=actor.merchant_id, status=status,
+                                     capacity=capacity or 5, updated_at=at)
+            session.add(presence)
+        presence.status = status
+        if capacity is not None:
+            presence.capacity = capacity
+        presence.updated_at = at
+        await session.flush()
+        assigned = await routing.drain(session, actor.merchant_id, at) if status == "online" else []
+        if assigned:
+            await session.flush()
+            outcome.events += await conversation_events(session, actor.merchant_id, assigned, requeued=True)
+        load = (await session.execute(select(func.count()).where(
+            Conversation.assignee_id == staff_id, Conversation.status == "assigned"))).scalar_one()
+        out = presence_out(presence, load, actor.name)
+        outcome.events.append(Event((f"m:{actor.merchant_id}",), encode({"type": "agent.updated", "agent": out})))
+    await outcome.publish()
+    return out
+
+
+async def _system_message(session: AsyncSession, conv: Conversation, text: str, outcome: Outcome) -> None:
+    message = await _append(session, conv, sender_type="system", sender_id=None, sender_name="系统", text=text)
+    outcome.events.append(Event(topics_for_message(conv.id, conv.visitor_id, conv.assignee_id, conv.merchant_id),
+                                message_frame(message), stream=conv.id, seq=message.seq))
+
+
+async def do_end(actor: ChatActor, conversation_id: str) -> dict:
+    """End a chat (staff or its shopper); the freed seat goes to the oldest queued chat at once."""
+    if actor.kind == "merchant_key":
+        raise NotFound("not found")
+    outcome = Outcome()
+    at = now()
+    async with transaction() as session:
+        conv = await access_conversation(session, actor, conversation_id)
+        await routing.lock_routing(session, conv.merchant_id)
+        conv = await access_conversation(session, actor, conversation_id, lock=True)
+        if conv.status == "ended":
+            raise Conflict("this conversation has already ended", code="illegal_transition")
+        was_queued = conv.status == "queued"
+        ended_by = "agent" if actor.is_staff_side else "visitor"
+        await _system_message(session, conv, f"对话已结束（{actor.name or ('客服' if actor.is_staff_side else '顾客')}）",
+                              outcome)
+        conv.status, conv.ended_at, conv.ended_by, conv.updated_at, conv.waiting_since = \
+            "ended", at, ended_by, at, None
+        conv.queued_at = None
+        if conv.assigned_at:
+            conv.handle_s = max(0, int((at - conv.assigned_at).total_seconds()))
+        await session.flush()
+        assigned = await routing.drain(session, conv.merchant_id, at)
+        await session.flush()
+        outcome.events += await conversation_events(session, conv.merchant_id, [conv, *assigned],
+                                                    requeued=bool(assigned) or was_queued)
+        record(session, merchant_id=conv.merchant_id, actor_type=actor.sender_type, actor_id=actor.sender_id,
+               action="chat.end", object_type="conversation", object_id=conv.id)
+        out = conversation_out(conv, (await staff_names(session, {conv.assignee_id})).get(conv.assignee_id or ""))
+    await outcome.publish()
+    return out
+
+
+async def do_transfer(actor: ChatActor, conversation_id: str, *, agent_id: str | None = None,
+                      desk_id: str | None = None) -> dict:
+    """Hand a chat to another agent or desk, with its history; the old seat goes to the queue."""
+    actor.require_staff()
+    if (agent_id is None) == (desk_id is None):
+        raise ValidationFailed("give either agent_id or desk", field="agent_id")
+    outcome = Outcome()
+    at = now()
+    async with transaction() as session:
+        conv = await access_conversation(session, actor, conversation_id)
+        await routing.lock_routing(session, conv.merchant_id)
+        conv = await access_conversation(session, actor, conversation_id, lock=True)
+        if conv.status == "ended":
+            raise Conflict("an ended conversation cannot be transferred", code="illegal_transition")
+        if actor.kind == "staff" and actor.role == "agent" and conv.assignee_id not in (None, actor.staff_id):
+            raise Forbidden("only the agent holding this chat, or a supervisor, can transfer it")
+        was_queued = conv.status == "queued"
+        if agent_id is not None:
+            target = await session.get(Staff, agent_id) if len(agent_id) <= 32 else None
+            if target is None or target.merchant_id != conv.merchant_id:
+                raise ValidationFailed("no such agent", field="agent_id")
+            presence = await session.get(AgentPresence, agent_id)
+            if presence is None or presence.status == "offline":
+                raise Conflict(f"{target.name} is offline", code="agent_unavailable", field="agent_id")
+            if conv.assignee_id == agent_id:
+                raise Conflict(f"the chat is already with {target.name}", code="same_agent", field="agent_id")
+            conv.status, conv.assignee_id, conv.queued_at, conv.updated_at = "assigned", agent_id, None, at
+            conv.assigned_at = conv.assigned_at or at
+            visitor = await session.get(ChatVisitor, conv.visitor_id)
+            visitor.last_agent_id, visitor.last_agent_at = agent_id, at
+            note = f"对话已转接给 {target.name}"
+        else:
+            desk = await session.get(ChatDesk, desk_id) if len(desk_id or "") <= 32 else None
+            if desk is None or desk.merchant_id != conv.merchant_id:
+                raise ValidationFailed("no such desk", field="desk")
+            conv.desk_id, conv.assignee_id = desk.id, None
+            visitor = await session.get(ChatVisitor, conv.visitor_id)
+            visitor.last_agent_id = None  # a transfer to a desk means someone else
+            await session.flush()  # the old seat is free before the desk's agents are counted
+            await routing.place(session, conv, visitor, at)
+            note = f"对话已转接到 {desk.name}"
+        await session.flush()
+        await _system_message(session, conv, note, outcome)
+        assigned = await routing.drain(session, conv.merchant_id, at)
+        await session.flush()
+        outcome.events += await conversation_events(session, conv.merchant_id, [conv, *assigned],
+                                                    requeued=bool(assigned) or was_queued or conv.status == "queued")
+        record(session, merchant_id=conv.merchant_id, actor_type="agent", actor_id=actor.staff_id,
+               action="chat.transfer", object_type="conversation", object_id=conv.id,
+               data={"agent_id": agent_id, "desk_id": desk_id})
+        out = conversation_out(conv, (await staff_names(session, {conv.assignee_id})).get(conv.assignee_id or ""))
+    await outcome.publish()
+    return out
+
+
+async def do_rate(actor: ChatActor, conversation_id: str, *, score: int, comment: str = "") -> dict:
+    """The shopper's satisfaction rating (1–5), once, after the chat has ended."""
+    if actor.is_staff_side:
+        raise NotFound("not found")
+    if not 1 <= score <= 5:
+        raise ValidationFailed("score must be between 1 and 5", field="score")
+    outcome = Outcome()
+    async with transaction() as session:
+        conv = await access_conversation(session, actor, conversation_id, lock=True)
+        if conv.status != "ended":
+            raise Conflict("rate the chat after it has ended", code="illegal_transition")
+        if conv.rating_score is not None:
+            raise Conflict("this chat has been rated", code="already_rated")
+        conv.rating_score, conv.rating_comment, conv.rated_at = score, comment, now()
+        await session.flush()
+        outcome.events += await conversation_events(session, conv.merchant_id, [conv], requeued=False)
+        out = conversation_out(conv, (await staff_names(session, {conv.assignee_id})).get(conv.assignee_id or ""))
+    await outcome.publish()
+    return out
+
+
+# --- desks and attachments ----------------------------------------------------------------------
+
+async def do_create_desk(actor: ChatActor, *, name: str, store: str | None = None, agent_ids: list[str] | None = None,
+                         business_hours: dict | None = None, fallthrough: bool = True) -> ChatDesk:
+    actor.require_staff()
+    if actor.kind == "staff" and actor.role not in ("admin", "supervisor"):
+        raise Forbidden("this needs the role admin or supervisor")
+    hours = routing.check_business_hours(business_hours)
+    async with transaction() as session:
+        store_id = None
+        if store:
+            row = (await session.execute(select(Store).where(Store.merchant_id == actor.merchant_id,
+                                                             Store.code == store))).scalar_one_or_none()
+            if row is None:
+                raise ValidationFailed(f"no store '{store}'", field="store")
+            store_id = row.id
+        agent_ids = list(dict.fromkeys(agent_ids or []))
+        if agent_ids:
+            found = set((await session.execute(select(Staff.id).where(
+                Staff.id.in_(agent_ids), Staff.merchant_id == actor.merchant_id))).scalars())
+            for i, agent in enumerate(agent_ids):
+                if agent not in found:
+                    raise ValidationFailed("no such agent", field=f"agent_ids[{i}]")
+        desk = ChatDesk(merchant_id=actor.merchant_id, store_id=store_id, name=name, agent_ids=agent_ids,
+                        business_hours=hours, fallthrough=fallthrough)
+        session.add(desk)
+        await session.flush()
+        return desk
+
+
+async def do_save_attachment(actor: ChatActor, data: bytes) -> ChatAttachment:
+    """Store an image for a chat after checking it by content (JPEG/PNG/WebP, size-limited)."""
+    if actor.kind not in ("visitor", "staff"):
+        raise NotFound("not found")
+    kind = storage.check_image(data)
+    attachment_id = new_id()
+    ext = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}[kind]
+    path = storage.save(actor.merchant_id, f"chat-{attachment_id}.{ext}", data)
+    async with transaction() as session:
+        item = ChatAttachment(id=attachment_id, merchant_id=actor.merchant_id, owner_type=actor.sender_type,
+                              owner_id=actor.sender_id, content_type=kind, size=len(data), path=path)
+        session.add(item)
+        await session.flush()
+        return item
+
+
+async def access_attachment(session: AsyncSession, actor: ChatActor, attachment_id: str) -> ChatAttachment:
+    """The uploader, staff of the merchant, and the visitor of the conversation it was sent in may fetch it."""
+    item = await session.get(ChatAttachment, attachment_id) if len(attachment_id) <= 32 else None
+    if item is None or item.merchant_id != actor.merchant_id:
+        raise NotFound("no such attachment")
+    if actor.is_staff_side or item.owner_id == actor.sender_id:
+        return item
+    if item.conversation_id and actor.kind in ("visitor", "shopper"):
+        conv = await session.get(Conversation, item.conversation_id)
+        if conv is not None and can_see(actor, conv):
+            return item
+    raise NotFound("no such attachment")
