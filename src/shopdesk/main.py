@@ -9,6 +9,7 @@ from typing import AsyncIterator
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -127,8 +128,15 @@ def create_app() -> FastAPI:
     if NODE_MODULES.exists():
         app.mount("/vendor", StaticFiles(directory=NODE_MODULES), name="vendor")
     from shopdesk.web.pages import router as pages
+    from shopdesk.web.shop_demo import router as shop_demo
 
     app.include_router(pages)
+    app.include_router(shop_demo)
+    # The widget runs on the merchant's own domain and calls the API from there. Every API call is
+    # authorised by a bearer token, never by a cookie, so any origin may call it (no credentials).
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=False,
+                       allow_methods=["GET", "POST", "PUT", "DELETE"],
+                       allow_headers=["authorization", "content-type", "idempotency-key"], max_age=600)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:
