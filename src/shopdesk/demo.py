@@ -81,7 +81,9 @@ async def build_demo() -> list[str]:
     for email, role, name in LOGINS + [PLATFORM]:
         lines.append(f"  {role:<10} {email} / {PASSWORD}   ({name})")
     lines += ["  console:  http://127.0.0.1:8000/console/login",
-              "  shopper:  http://127.0.0.1:8000/shop/lookup?store=main  (order DM1004, phone 13800138001)"]
+              "  shopper:  http://127.0.0.1:8000/shop/lookup?store=main  (order DM1004, phone 13800138001)",
+              f"  chat:     http://127.0.0.1:8000/demo/shop/{SLUG}/main  (a shop page with the widget;"
+              " agents answer in /console/chat)"]
     return lines
 
 
