@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# --ignore-scripts: we take files from npm (libraries, the IP database), never run their install scripts.
 node_modules/.installed: package.json
-	npm install --no-audit --no-fund --loglevel=error
+	npm install --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Debian's chromium for the browser tests (never a downloaded browser build), with CJK fonts for the pages.

@@ -166,8 +166,12 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     os.environ.setdefault("SHOPDESK_BASE_URL", f"http://{host}:{port}")
     get_settings.cache_clear()
     # Chat frames are at most 64 KiB (larger ones get an error frame); far larger ones are cut off by the server.
+    # X-Forwarded-For is believed only when SHOPDESK_TRUSTED_PROXY says a proxy we trust sits in front
+    # (uvicorn would otherwise trust it from 127.0.0.1, which anyone on the box can spoof).
+    trusted = get_settings().trusted_proxy
     uvicorn.run("shopdesk.main:create_app", factory=True, host=host, port=port, log_level="warning",
-                ws="websockets-sansio" if sys.version_info >= (3, 10) else "auto", ws_max_size=1024 * 1024)
+                ws="websockets-sansio" if sys.version_info >= (3, 10) else "auto", ws_max_size=1024 * 1024,
+                proxy_headers=trusted, forwarded_allow_ips="*" if trusted else None)
 
 
 @app.command("sandbox-psp")

@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     redis_url: str = ""
     # Messages one chat visitor may send per minute over all their sockets.
     chat_visitor_messages_per_minute: int = 120
+    # An agent whose last socket (on every node) has been closed this long becomes offline.
+    chat_presence_grace_s: float = 60.0
+    # Take the visitor's IP from X-Forwarded-For (the left-most address): only behind a proxy we trust.
+    trusted_proxy: bool = False
     base_url: str = "http://127.0.0.1:8000"
     # Outbound mail; an empty host keeps mail in the outbox as 'skipped' instead of failing.
     smtp_host: str = ""
@@ -58,3 +62,10 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def node_modules() -> Path:
+    """The front-end packages from the npm registry: the checkout's (editable install), else the working directory's."""
+    here = Path(__file__).resolve().parent
+    return next((p for p in (here.parent.parent / "node_modules", Path.cwd() / "node_modules") if p.exists()),
+                Path.cwd() / "node_modules")

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shopdesk.config import get_settings
+from shopdesk.config import get_settings, node_modules
 from shopdesk.core.db import get_engine
 from shopdesk.core.errors import DomainError
 from shopdesk.core.logging import configure
@@ -22,9 +22,6 @@ from shopdesk.core.logging import configure
 log = structlog.get_logger("shopdesk")
 PROBLEM = "application/problem+json"
 ROOT = Path(__file__).resolve().parent
-# The checkout's node_modules (editable install), else the working directory's.
-NODE_MODULES = next((p for p in (ROOT.parent.parent / "node_modules", Path.cwd() / "node_modules") if p.exists()),
-                    Path.cwd() / "node_modules")
 
 
 def problem(status: int, code: str, title: str, detail: str, **extra) -> JSONResponse:
@@ -125,8 +122,8 @@ def create_app() -> FastAPI:
 
     app.mount("/sandbox-psp", psp_app)
     app.mount("/static", StaticFiles(directory=ROOT / "web" / "static"), name="static")
-    if NODE_MODULES.exists():
-        app.mount("/vendor", StaticFiles(directory=NODE_MODULES), name="vendor")
+    if node_modules().exists():
+        app.mount("/vendor", StaticFiles(directory=node_modules()), name="vendor")
     from shopdesk.web.pages import router as pages
     from shopdesk.web.shop_demo import router as shop_demo
 

@@ -22,7 +22,11 @@ from tests.factories import Shop, make_shop
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("SHOPDESK_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+                 "--disable-sync", "--no-first-run",
+                 # Video calls: a fake camera and microphone, no permission prompt, and host ICE candidates
+                 # as plain loopback addresses (mDNS names cannot be resolved inside the test machine).
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                 "--disable-features=WebRtcHideLocalIpsWithMdns"]
 SCREENSHOTS = ARTIFACTS / "screenshots"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 860}

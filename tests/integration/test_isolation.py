@@ -28,7 +28,19 @@ async def build_chat(shop) -> dict:
         visitor = await resolve_actor(session, widget["token"])
     attachment = await do_save_attachment(visitor, PNG)
     sent = await do_send_message(visitor, client_msg_id="iso-1", text="有人吗", attachment_id=attachment.id)
-    return {"conversation_id": sent.ack["conversation_id"], "attachment_id": attachment.id}
+    # The console's objects: a canned reply, a blocked (other) visitor, the staff room.
+    from shopdesk.chat.actions import do_block, do_create_canned
+    from shopdesk.chat.rooms import rooms_of
+
+    async with sessionmaker()() as session:
+        agent = await resolve_actor(session, shop.agent_token)
+        room = (await rooms_of(session, agent))[0]
+    canned = await do_create_canned(agent, shortcut="iso", text="您好", shared=False)
+    pest = await do_start_widget_session(store="main", merchant=shop.slug)
+    block = await do_block(agent, visitor_id=pest["visitor_id"])
+    return {"conversation_id": sent.ack["conversation_id"], "attachment_id": attachment.id,
+            "visitor_id": widget["visitor_id"], "canned_id": canned["id"], "block_id": block["id"],
+            "room_id": room["id"]}
 
 
 def id_routes(app) -> list[tuple[str, str]]:
@@ -55,7 +67,9 @@ BODIES = {"/api/v1/refunds/{refund_no}/confirm": {"reference": "r"},
                                                   "shipped_at": "2026-11-06T12:00:00Z"},
           "/api/v1/conversations/{conversation_id}/transfer": {"desk": "0" * 32},
           "/api/v1/conversations/{conversation_id}/rating": {"score": 5},
-          "/api/v1/conversations/{conversation_id}/reply-by-email": {"text": "您好"}}
+          "/api/v1/conversations/{conversation_id}/reply-by-email": {"text": "您好"},
+          "/api/v1/conversations/{conversation_id}/participants": {"agent_id": "0" * 32},
+          "/api/v1/chat/visitors/{visitor_id}/invite": {"text": "您好"}}
 
 
 async def test_every_route_hides_other_tenants_and_other_shoppers(app, shop, other_shop, client):

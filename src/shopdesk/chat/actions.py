@@ -20,11 +20,12 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from shopdesk.accounts.auth import Principal
 from shopdesk.accounts.models import Merchant, Staff, Store
-from shopdesk.chat import routing
-from shopdesk.chat.models import (MAX_CAPACITY, PRESENCE, AgentPresence, ChatAttachment, ChatDesk, ChatMessage,
-                                  ChatVisitor, Conversation)
+from shopdesk.chat import routing, rules
+from shopdesk.chat.models import (MAX_CAPACITY, PRESENCE, AgentPresence, ChatAttachment, ChatBlock, ChatDesk,
+                                  ChatMessage, ChatParticipant, ChatVisitor, Conversation)
 from shopdesk.core import storage
 from shopdesk.core.audit import record
+from shopdesk.core.iplocation import locate
 from shopdesk.core.clock import isoformat, now
 from shopdesk.core.db import UTCDateTime, transaction
 from shopdesk.core.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
@@ -35,7 +36,10 @@ from shopdesk.core.security import hmac_hex, issue_token, read_token, same
 
 WIDGET_TTL = timedelta(days=7)
 MAX_TEXT = 5000
-MAX_PAGES = 20
+MAX_PAGES = 50
+MAX_SDP = 32 * 1024
+CLOSE_STREAM = "!close"  # an Event on this stream closes each socket that gets it (1008) after sending its frame
+DEFAULT_IDLE_MINUTES = 30
 
 
 # --- who is acting ------------------------------------------------------------------------------
@@ -121,7 +125,8 @@ def encode(frame: dict) -> str:
 def message_out(m: ChatMessage) -> dict:
     return {"id": m.id, "conversation_id": m.conversation_id, "seq": m.seq, "client_msg_id": m.client_msg_id,
             "sender": {"type": m.sender_type, "id": m.sender_id, "name": m.sender_name}, "text": m.text,
-            "attachment": m.attachment, "created_at": isoformat(m.created_at), "via": m.via}
+            "attachment": m.attachment, "created_at": isoformat(m.created_at), "via": m.via, "card": m.card,
+            "private": m.private, "mentions": m.mentions or []}
 
 
 def message_frame(m: ChatMessage) -> str:
@@ -137,13 +142,26 @@ def conversation_out(conv: Conversation, assignee_name: str | None = None,
             "visitor_id": conv.visitor_id, "desk_id": conv.desk_id, "last_seq": conv.last_seq,
             "created_at": isoformat(conv.created_at), "ended_at": isoformat(conv.ended_at),
             "rating": {"score": conv.rating_score, "comment": conv.rating_comment or ""}
-            if conv.rating_score is not None else None}
+            if conv.rating_score is not None else None, "locked_by": conv.locked_by}
 
 
-def topics_for_message(conv_id: str, visitor_id: str, assignee_id: str | None, merchant_id: str) -> tuple[str, ...]:
-    """Every socket of every participant, the watchers, and — while nobody holds the chat — all agents."""
+def topics_for_message(conv_id: str, visitor_id: str, assignee_id: str | None, merchant_id: str,
+                       participants: tuple[str, ...] | list[str] = (), private: bool = False) -> tuple[str, ...]:
+    """Every socket of every participant, the watchers, and — while nobody holds the chat — all agents.
+
+    A private note leaves out the visitor's topic: it reaches staff only.
+    """
     staff = f"s:{assignee_id}" if assignee_id else f"m:{merchant_id}"
-    return (f"v:{visitor_id}", f"c:{conv_id}", staff)
+    invited = tuple(f"s:{p}" for p in participants if p != assignee_id)
+    if private:
+        return (f"c:{conv_id}", staff, *invited)
+    return (f"v:{visitor_id}", f"c:{conv_id}", staff, *invited)
+
+
+async def participant_ids(session: AsyncSession, conversation_id: str) -> list[str]:
+    """Colleagues invited into (or @mentioned in) a conversation."""
+    return list((await session.execute(select(ChatParticipant.staff_id).where(
+        ChatParticipant.conversation_id == conversation_id).order_by(ChatParticipant.id))).scalars())
 
 
 @dataclass
@@ -231,13 +249,16 @@ async def _store_for_widget(session: AsyncSession, code: str, merchant_slug: str
 
 async def do_start_widget_session(*, store: str, merchant: str | None = None, visitor_id: str | None = None,
                                   identity: dict | None = None, page: dict | None = None,
-                                  contact: dict | None = None) -> dict:
+                                  contact: dict | None = None, ip: str = "", user_agent: str = "",
+                                  referrer: str = "") -> dict:
     """Start (or continue) a widget session; an identity binds the visitor to a customer if its HMAC is right."""
     from shopdesk.customers.actions import do_upsert_customer
 
     at = now()
     async with transaction() as session:
         shop_store = await _store_for_widget(session, store, merchant)
+        await check_not_blocked(session, shop_store.merchant_id, visitor_id if visitor_id and len(visitor_id) <= 32
+                                else None, ip)
         customer = None
         if identity is not None:
             if not same(hmac_hex(shop_store.identity_secret, identity["external_id"]), identity["hmac"].lower()):
@@ -257,14 +278,21 @@ async def do_start_widget_session(*, store: str, merchant: str | None = None, vi
             visitor = (await session.execute(select(ChatVisitor).where(
                 ChatVisitor.customer_id == customer.id, ChatVisitor.store_id == shop_store.id)
                 .order_by(ChatVisitor.last_seen_at.desc()).limit(1))).scalar_one_or_none()
+        new_visit = True
         if visitor is None:
             visitor = ChatVisitor(merchant_id=shop_store.merchant_id, store_id=shop_store.id, pages=[], visit_count=1,
                                   created_at=at, last_seen_at=at)
             session.add(visitor)
         else:
-            if at - visitor.last_seen_at > timedelta(minutes=30):
+            new_visit = at - visitor.last_seen_at > timedelta(minutes=30)
+            if new_visit:
                 visitor.visit_count += 1
             visitor.last_seen_at = at
+        record_client(visitor, ip, user_agent)
+        if new_visit:
+            # A visit starts after 30 minutes away: its referrer and landing page describe how they came.
+            visitor.referrer = (referrer or "")[:2000]
+            visitor.landing_page = ((page or {}).get("url") or "")[:2000]
         if customer is not None:
             visitor.customer_id = customer.id
             visitor.name = customer.name or visitor.name
@@ -386,12 +414,20 @@ async def _reroute_offline(session: AsyncSession, actor: ChatActor, conv: Conver
 
 async def _append(session: AsyncSession, conv: Conversation, *, sender_type: str, sender_id: str | None,
                   sender_name: str, text: str, client_msg_id: str | None = None, attachment: dict | None = None,
-                  via: str = "chat") -> ChatMessage:
+                  via: str = "chat", card: dict | None = None, private: bool = False,
+                  mentions: list[str] | None = None) -> ChatMessage:
     """Take the next sequence number in one UPDATE … RETURNING (the row lock orders writers) and store the message."""
     at = now()
     when = literal(at, UTCDateTime())
-    values: dict[str, Any] = {"last_seq": Conversation.last_seq + 1, "last_message_at": at, "updated_at": at}
-    if sender_type == "visitor":
+    values: dict[str, Any] = {"last_seq": Conversation.last_seq + 1, "updated_at": at}
+    if private:
+        # A note is not a reply: the visitor still waits, and the chat's idle clock keeps running.
+        values["agent_read_seq"] = Conversation.last_seq + 1
+    else:
+        values["last_message_at"] = at
+    if private:
+        pass
+    elif sender_type == "visitor":
         values["waiting_since"] = func.coalesce(Conversation.waiting_since, when)
         values["visitor_read_seq"] = Conversation.last_seq + 1
     elif sender_type == "agent":
@@ -407,19 +443,62 @@ async def _append(session: AsyncSession, conv: Conversation, *, sender_type: str
     set_committed_value(conv, "last_seq", seq)
     message = ChatMessage(merchant_id=conv.merchant_id, conversation_id=conv.id, seq=seq, client_msg_id=client_msg_id,
                           sender_type=sender_type, sender_id=sender_id, sender_name=sender_name, text=text,
-                          attachment=attachment, via=via, created_at=at)
+                          attachment=attachment, via=via, card=card, private=private, mentions=mentions,
+                          created_at=at)
     session.add(message)
     await session.flush()
     return message
 
 
-def check_text(text: str | None, attachment_id: str | None) -> str:
+def check_text(text: str | None, attachment_id: str | None, card: dict | None = None) -> str:
     text = text or ""
     if len(text) > MAX_TEXT:
         raise ValidationFailed(f"at most {MAX_TEXT} characters", field="text")
-    if not text.strip() and not attachment_id:
-        raise ValidationFailed("a message needs text or an attachment_id", field="text")
+    if not text.strip() and not attachment_id and not card:
+        raise ValidationFailed("a message needs text, an attachment_id or a card", field="text")
     return text
+
+
+async def resolve_card(session: AsyncSession, actor: ChatActor, conv: Conversation | None, card: dict) -> dict:
+    """Check a product/order card against the merchant's catalogue and fill in what the server knows.
+
+    A visitor may only show their own orders, and only once the shop has told us who they are (an
+    HMAC identity): anyone else's order number is not_found, so numbers reveal nothing.
+    """
+    from shopdesk.orders.actions import order_options
+    from shopdesk.orders.models import Order, Product
+
+    kind = card.get("type")
+    if kind == "product":
+        sku = card.get("sku")
+        if not isinstance(sku, str) or not sku or len(sku) > 64:
+            raise ValidationFailed("a product card needs its sku", field="card.sku")
+        product = (await session.execute(select(Product).where(
+            Product.merchant_id == actor.merchant_id, Product.sku == sku))).scalar_one_or_none()
+        if product is None:
+            raise NotFound("no such product", field="card.sku")
+        return {"type": "product", "sku": product.sku, "title": product.name, "price_fen": product.price_fen}
+    if kind == "order":
+        order_no = card.get("order_no")
+        if not isinstance(order_no, str) or not order_no or len(order_no) > 64:
+            raise ValidationFailed("an order card needs its order_no", field="card.order_no")
+        stmt = select(Order).where(Order.merchant_id == actor.merchant_id, Order.order_no == order_no)
+        if not actor.is_staff_side:
+            if not actor.customer_id:
+                raise NotFound("no such order", field="card.order_no")
+            stmt = stmt.where(Order.customer_id == actor.customer_id)
+        store_id = conv.store_id if conv is not None else actor.store_id
+        rows = list((await session.execute(stmt.options(*order_options()).limit(5))).scalars())
+        order = next((o for o in rows if o.store_id == store_id), rows[0] if rows else None)
+        if order is None:
+            raise NotFound("no such order", field="card.order_no")
+        lines = [ln for ln in order.lines if not ln.is_gift] or list(order.lines)
+        title = lines[0].name if lines else order.order_no
+        if len(lines) > 1:
+            title += f" 等 {len(lines)} 件商品"
+        return {"type": "order", "order_no": order.order_no, "order_id": order.id, "title": title,
+                "status": order.status, "paid_total_fen": order.paid_total_fen}
+    raise ValidationFailed("card.type must be product or order", field="card.type")
 
 
 async def _take_attachment(session: AsyncSession, actor: ChatActor, attachment_id: str, conv: Conversation) -> dict:
@@ -442,13 +521,22 @@ class Sent:
 async def do_send_message(actor: ChatActor, *, client_msg_id: str, text: str | None = None,
                           attachment_id: str | None = None, conversation_id: str | None = None,
                           via: str = "chat", email_subject: str | None = None,
-                          on_stored: Callable[[dict], None] | None = None) -> Sent:
-    """Store a message with the conversation's next seq, commit, then publish it; a resend returns the first ack."""
-    text = check_text(text, attachment_id)
+                          on_stored: Callable[[dict], None] | None = None, card: dict | None = None,
+                          private: bool = False, mentions: list[str] | None = None) -> Sent:
+    """Store a message with the conversation's next seq, commit, then publish it; a resend returns the first ack.
+
+    `private` makes a note (staff only: stored and seq'd like any message, never sent to the visitor);
+    @names in a note, and `mentions` (staff ids), make those colleagues participants and send them `mention`.
+    """
+    text = check_text(text, attachment_id, card)
     if actor.is_staff_side and not conversation_id:
         raise ValidationFailed("conversation_id is required for staff", field="conversation_id")
     if actor.kind == "shopper" or (actor.is_staff_side and actor.kind != "staff"):
         raise NotFound("not found")  # the socket's callers are visitors and staff in person
+    if (private or mentions) and not actor.is_staff_side:
+        raise ValidationFailed("only staff write private notes", field="private" if private else "mentions")
+    if mentions and not private:
+        raise ValidationFailed("mentions belong in a private note", field="mentions")
     for attempt in (1, 2):
         outcome = Outcome()
         try:
@@ -466,19 +554,36 @@ async def do_send_message(actor: ChatActor, *, client_msg_id: str, text: str | N
                 else:
                     conv = await open_conversation(session, actor.visitor_id) or \
                         await _new_conversation(session, actor, outcome)
-                if actor.is_staff_side and conv.status in ("queued", "offline", "bot"):
+                if actor.is_staff_side and not private and conv.locked_by and conv.locked_by != actor.staff_id:
+                    raise Conflict("this chat is locked by a colleague: only they may reply", code="locked",
+                                   field="conversation_id")
+                if actor.is_staff_side and not private and conv.status in ("queued", "offline", "bot"):
                     conv = await _claim(session, actor, conv, outcome)
                 elif actor.kind == "visitor" and conv.status == "offline":
                     conv = await _reroute_offline(session, actor, conv, outcome)
                 attachment = await _take_attachment(session, actor, attachment_id, conv) if attachment_id else None
+                full_card = await resolve_card(session, actor, conv, card) if card else None
+                mentioned = await _mentioned(session, actor, text, mentions or []) if private else []
                 message = await _append(session, conv, sender_type=actor.sender_type, sender_id=actor.sender_id,
                                         sender_name=actor.name, text=text, client_msg_id=client_msg_id,
-                                        attachment=attachment, via=via)
+                                        attachment=attachment, via=via, card=full_card, private=private,
+                                        mentions=[m for m, _ in mentioned] or None)
                 if via == "email":
                     await _enqueue_reply_email(session, conv, message, email_subject)
+                participants = await participant_ids(session, conv.id)
+                for staff_id, _name in mentioned:
+                    if staff_id not in participants and staff_id != conv.assignee_id:
+                        session.add(ChatParticipant(merchant_id=conv.merchant_id, conversation_id=conv.id,
+                                                    staff_id=staff_id, invited_by=actor.staff_id))
+                        participants.append(staff_id)
                 outcome.events.append(Event(
-                    topics_for_message(conv.id, conv.visitor_id, conv.assignee_id, conv.merchant_id),
+                    topics_for_message(conv.id, conv.visitor_id, conv.assignee_id, conv.merchant_id, participants,
+                                       private=private),
                     message_frame(message), stream=conv.id, seq=message.seq))
+                for staff_id, _name in mentioned:
+                    outcome.events.append(Event((f"s:{staff_id}",), encode({
+                        "type": "mention", "conversation_id": conv.id, "message_id": message.id, "seq": message.seq,
+                        "by": {"id": actor.staff_id, "name": actor.name}, "text": text})))
         except IntegrityError:
             # Two sends of the same client id raced (the loser's seq rolled back with it), or two tabs
             # opened a conversation at once: the second pass finds what the winner stored.
@@ -491,6 +596,22 @@ async def do_send_message(actor: ChatActor, *, client_msg_id: str, text: str | N
         await outcome.publish()
         return Sent(ack, message, outcome)
     raise AssertionError("unreachable")
+
+
+async def _mentioned(session: AsyncSession, actor: ChatActor, text: str, ids: list[str]) -> list[tuple[str, str]]:
+    """Colleagues a note mentions: explicit staff ids (each must be the merchant's) and @names in the text."""
+    names = rules.mentioned_names(text)
+    for i, staff_id in enumerate(ids):
+        if not isinstance(staff_id, str) or len(staff_id) > 32:
+            raise ValidationFailed("no such colleague", field=f"mentions[{i}]")
+    rows = (await session.execute(select(Staff.id, Staff.name).where(
+        Staff.merchant_id == actor.merchant_id, (Staff.id.in_(ids)) | (Staff.name.in_(names))))).all() \
+        if (ids or names) else []
+    found = {r.id for r in rows}
+    for i, staff_id in enumerate(ids):
+        if staff_id not in found:
+            raise ValidationFailed("no such colleague", field=f"mentions[{i}]")
+    return [(r.id, r.name) for r in rows if r.id != actor.staff_id]
 
 
 async def _enqueue_reply_email(session: AsyncSession, conv: Conversation, message: ChatMessage,
@@ -585,7 +706,8 @@ async def do_set_presence(actor: ChatActor, *, status: str, capacity: int | None
 
 async def _system_message(session: AsyncSession, conv: Conversation, text: str, outcome: Outcome) -> None:
     message = await _append(session, conv, sender_type="system", sender_id=None, sender_name="系统", text=text)
-    outcome.events.append(Event(topics_for_message(conv.id, conv.visitor_id, conv.assignee_id, conv.merchant_id),
+    outcome.events.append(Event(topics_for_message(conv.id, conv.visitor_id, conv.assignee_id, conv.merchant_id,
+                                                   await participant_ids(session, conv.id)),
                                 message_frame(message), stream=conv.id, seq=message.seq))
 
 
@@ -601,25 +723,31 @@ async def do_end(actor: ChatActor, conversation_id: str) -> dict:
         conv = await access_conversation(session, actor, conversation_id, lock=True)
         if conv.status == "ended":
             raise Conflict("this conversation has already ended", code="illegal_transition")
-        was_queued = conv.status == "queued"
         ended_by = "agent" if actor.is_staff_side else "visitor"
-        await _system_message(session, conv, f"对话已结束（{actor.name or ('客服' if actor.is_staff_side else '顾客')}）",
-                              outcome)
-        conv.status, conv.ended_at, conv.ended_by, conv.updated_at, conv.waiting_since = \
-            "ended", at, ended_by, at, None
-        conv.queued_at = None
-        if conv.assigned_at:
-            conv.handle_s = max(0, int((at - conv.assigned_at).total_seconds()))
-        await session.flush()
-        assigned = await routing.drain(session, conv.merchant_id, at)
-        await session.flush()
-        outcome.events += await conversation_events(session, conv.merchant_id, [conv, *assigned],
-                                                    requeued=bool(assigned) or was_queued)
+        await _finish(session, conv, ended_by,
+                      f"对话已结束（{actor.name or ('客服' if actor.is_staff_side else '顾客')}）", outcome, at)
         record(session, merchant_id=conv.merchant_id, actor_type=actor.sender_type, actor_id=actor.sender_id,
                action="chat.end", object_type="conversation", object_id=conv.id)
         out = conversation_out(conv, (await staff_names(session, {conv.assignee_id})).get(conv.assignee_id or ""))
     await outcome.publish()
     return out
+
+
+async def _finish(session: AsyncSession, conv: Conversation, ended_by: str, note: str, outcome: Outcome,
+                  at) -> None:
+    """End a locked, open conversation with a closing system message; give its seat to the queue."""
+    was_queued = conv.status == "queued"
+    await _system_message(session, conv, note, outcome)
+    conv.status, conv.ended_at, conv.ended_by, conv.updated_at, conv.waiting_since = "ended", at, ended_by, at, None
+    conv.queued_at = None
+    conv.locked_by = None
+    if conv.assigned_at:
+        conv.handle_s = max(0, int((at - conv.assigned_at).total_seconds()))
+    await session.flush()
+    assigned = await routing.drain(session, conv.merchant_id, at)
+    await session.flush()
+    outcome.events += await conversation_events(session, conv.merchant_id, [conv, *assigned],
+                                                requeued=bool(assigned) or was_queued)
 
 
 async def do_transfer(actor: ChatActor, conversation_id: str, *, agent_id: str | None = None,
@@ -756,3 +884,384 @@ async def access_attachment(session: AsyncSession, actor: ChatActor, attachment_
         if conv is not None and can_see(actor, conv):
             return item
     raise NotFound("no such attachment")
+
+
+# --- visitor info, blocks, page views -----------------------------------------------------------
+
+def record_client(visitor: ChatVisitor, ip: str, user_agent: str) -> None:
+    """Remember where the visitor connects from (customer card): IP, coarse location, device."""
+    if ip and ip != visitor.ip:
+        visitor.ip = ip[:64]
+        visitor.location = locate(ip)
+    if user_agent and user_agent[:500] != visitor.user_agent:
+        visitor.user_agent = user_agent[:500]
+        visitor.device = rules.parse_user_agent(user_agent)
+
+
+async def check_not_blocked(session: AsyncSession, merchant_id: str, visitor_id: str | None, ip: str) -> None:
+    """Refuse a blocked visitor id or IP (403 `blocked`)."""
+    keys = [("visitor", visitor_id)] if visitor_id else []
+    if ip:
+        keys.append(("ip", ip))
+    if not keys:
+        return
+    cond = None
+    for kind, value in keys:
+        c = (ChatBlock.kind == kind) & (ChatBlock.value == value)
+        cond = c if cond is None else cond | c
+    hit_ = (await session.execute(select(ChatBlock.id).where(ChatBlock.merchant_id == merchant_id, cond)
+                                  .limit(1))).first()
+    if hit_ is not None:
+        raise Forbidden("this visitor is blocked", code="blocked")
+
+
+async def do_visitor_connected(actor: ChatActor, ip: str, user_agent: str) -> dict:
+    """A widget socket opened: record the client, mark the visitor online, and build the hello."""
+    at = now()
+    async with transaction() as session:
+        await check_not_blocked(session, actor.merchant_id, actor.visitor_id, ip)
+        visitor = await session.get(ChatVisitor, actor.visitor_id)
+        if visitor is not None and visitor.merchant_id == actor.merchant_id:
+            record_client(visitor, ip, user_agent)
+            visitor.connected_at, visitor.last_seen_at = at, at
+        conv = await open_conversation(session, actor.visitor_id)
+        spot = None
+        if conv is not None and conv.status == "queued":
+            spot = (await routing.queue_view(session, conv.merchant_id, at, only={conv.id})).get(conv.id)
+        names = await staff_names(session, {conv.assignee_id} if conv else set())
+        online = bool(await routing.online_pool(session, actor.merchant_id))
+        return {"type": "hello", "protocol": 1, "visitor_id": actor.visitor_id,
+                "conversation": conversation_out(conv, names.get(conv.assignee_id or ""), spot) if conv else None,
+                "agents_online": online}
+
+
+async def do_visitor_left(visitor_id: str) -> None:
+    """The visitor's last socket on this node closed."""
+    async with transaction() as session:
+        await session.execute(update(ChatVisitor).where(ChatVisitor.id == visitor_id).values(left_at=now())
+                              .execution_options(synchronize_session=False))
+
+
+async def do_page_view(actor: ChatActor, url: str, title: str) -> None:
+    """Add a page to the visitor's trail (newest first, the last 50) and show it to the agents of their open chat."""
+    if actor.kind != "visitor":
+        raise ValidationFailed("page.view comes from the widget", field="type")
+    at = now()
+    async with transaction() as session:
+        visitor = await session.get(ChatVisitor, actor.visitor_id, with_for_update=True, populate_existing=True)
+        if visitor is None or visitor.merchant_id != actor.merchant_id:
+            raise NotFound("no such visitor")
+        visitor.pages = ([{"url": url, "title": title, "at": isoformat(at)}] + list(visitor.pages or []))[:MAX_PAGES]
+        visitor.last_seen_at = at
+        conv = await open_conversation(session, visitor.id)
+        if conv is None:
+            return
+        topics = topics_for_message(conv.id, conv.visitor_id, conv.assignee_id, conv.merchant_id,
+                                    await participant_ids(session, conv.id), private=True)
+    await get_broker().publish(Event(topics, encode({
+        "type": "visitor.page", "visitor_id": actor.visitor_id, "conversation_id": conv.id, "url": url,
+        "title": title, "at": isoformat(at)})))
+
+
+async def do_block(actor: ChatActor, *, conversation_id: str | None = None, visitor_id: str | None = None,
+                   ip: bool = False, reason: str = "") -> dict:
+    """Block a visitor (and, with ip, their address): close their sockets (1008), end their open chat."""
+    staff_id = actor.require_agent()
+    outcome = Outcome()
+    at = now()
+    async with transaction() as session:
+        if conversation_id:
+            conv = await access_conversation(session, actor, conversation_id)
+            visitor_id = conv.visitor_id
+        visitor = await session.get(ChatVisitor, visitor_id) if visitor_id and len(visitor_id) <= 32 else None
+        if visitor is None or visitor.merchant_id != actor.merchant_id:
+            raise NotFound("no such visitor", field="visitor_id")
+        values = [("visitor", visitor.id)] + ([("ip", visitor.ip)] if ip and visitor.ip else [])
+        block_ids = []
+        for kind, value in values:
+            block_id = (await session.execute(select(ChatBlock.id).where(
+                ChatBlock.merchant_id == actor.merchant_id, ChatBlock.kind == kind, ChatBlock.value == value))).scalar()
+            if block_id is None:
+                block = ChatBlock(merchant_id=actor.merchant_id, kind=kind, value=value, reason=reason[:200],
+                                  created_by=staff_id, created_at=at)
+                session.add(block)
+                await session.flush()
+                block_id = block.id
+            block_ids.append(block_id)
+        conv = await open_conversation(session, visitor.id)
+        if conv is not None:
+            await routing.lock_routing(session, conv.merchant_id)
+            conv = await access_conversation(session, actor, conv.id, lock=True)
+            if conv.status != "ended":
+                await _finish(session, conv, "agent", "对话已结束（访客已被屏蔽）", outcome, at)
+        record(session, merchant_id=actor.merchant_id, actor_type="agent", actor_id=staff_id, action="chat.block",
+               object_type="chat_visitor", object_id=visitor.id, data={"ip": visitor.ip if ip else None})
+        outcome.events.append(Event((f"v:{visitor.id}",), encode(
+            {"type": "error", "code": "blocked", "detail": "this visitor is blocked"}), stream=CLOSE_STREAM))
+        out = {"id": block_ids[0], "block_ids": block_ids, "visitor_id": visitor.id, "ip": visitor.ip if ip else None,
+               "blocked_at": isoformat(at)}
+    await outcome.publish()
+    return out
+
+
+async def do_unblock(actor: ChatActor, block_id: str) -> None:
+    staff_id = actor.require_agent()
+    async with transaction() as session:
+        block = await session.get(ChatBlock, block_id) if len(block_id) <= 32 else None
+        if block is None or block.merchant_id != actor.merchant_id:
+            raise NotFound("no such block")
+        await session.delete(block)
+        record(session, merchant_id=actor.merchant_id, actor_type="agent", actor_id=staff_id, action="chat.unblock",
+               object_type="chat_block", object_id=block_id, data={"kind": block.kind, "value": block.value})
+
+
+# --- announcements ------------------------------------------------------------------------------
+
+def require_manager(actor: ChatActor) -> str:
+    staff_id = actor.require_agent()
+    if actor.role not in ("admin", "supervisor"):
+        raise Forbidden("this needs the role admin or supervisor")
+    return staff_id
+
+
+async def do_announce(actor: ChatActor, *, store: str, text: str) -> dict:
+    """Send one announcement to every widget socket of a store, on every node: one frame, encoded once."""
+    staff_id = require_manager(actor)
+    at = now()
+    async with transaction() as session:
+        row = (await session.execute(select(Store.id).where(Store.merchant_id == actor.merchant_id,
+                                                            Store.code == store))).first()
+        if row is None:
+            raise ValidationFailed(f"no store '{store}'", field="store")
+        store_id = row[0]
+        announcement_id = new_id()
+        record(session, merchant_id=actor.merchant_id, actor_type="agent", actor_id=staff_id,
+               action="chat.announce", object_type="store", object_id=store_id, data={"id": announcement_id})
+    frame = {"type": "announcement", "id": announcement_id, "text": text, "created_at": isoformat(at)}
+    await get_broker().publish(Event((f"st:{store_id}",), encode(frame)))
+    return {**frame, "store": store}
+
+
+# --- presence that follows sockets, idle chats ----------------------------------------------------
+
+async def touch_agent_sockets(staff_ids: list[str]) -> None:
+    """This node has sockets of these agents (its heartbeat, and a socket closing): they are still here."""
+    if not staff_ids:
+        return
+    async with transaction() as session:
+        await session.execute(update(AgentPresence).where(AgentPresence.staff_id.in_(staff_ids))
+                              .values(socket_seen_at=now()).execution_options(synchronize_session=False))
+
+
+async def sweep_presence(grace_s: float, limit: int = 200) -> int:
+    """Agents whose sockets have all been gone for grace_s → offline (their chats stay theirs); safe on many nodes."""
+    at = now()
+    cutoff = at - timedelta(seconds=grace_s)
+    due = (AgentPresence.status != "offline") & (AgentPresence.socket_seen_at < cutoff)
+    async with transaction() as session:
+        rows = (await session.execute(select(AgentPresence.staff_id, AgentPresence.merchant_id).where(due)
+                                      .limit(limit))).all()
+    done = 0
+    for staff_id, merchant_id in rows:
+        events: list[Event] = []
+        async with transaction() as session:
+            await routing.lock_routing(session, merchant_id)
+            presence = (await session.execute(select(AgentPresence).where(AgentPresence.staff_id == staff_id, due)
+                                              .with_for_update().execution_options(populate_existing=True))
+                        ).scalar_one_or_none()
+            if presence is None:  # another node did it, or a socket came back
+                continue
+            presence.status, presence.socket_seen_at, presence.updated_at = "offline", None, at
+            load = (await session.execute(select(func.count()).where(
+                Conversation.assignee_id == staff_id, Conversation.status == "assigned"))).scalar_one()
+            name = (await staff_names(session, {staff_id})).get(staff_id, "")
+            events.append(Event((f"m:{merchant_id}",), encode(
+                {"type": "agent.updated", "agent": presence_out(presence, load, name)})))
+            record(session, merchant_id=merchant_id, actor_type="system", actor_id=None, action="chat.presence_lost",
+                   object_type="staff", object_id=staff_id)
+        await get_broker().publish_many(events)
+        done += 1
+    return done
+
+
+def chat_settings(merchant: Merchant | None) -> dict:
+    stored = ((merchant.settings if merchant else None) or {}).get("chat", {})
+    return {"idle_close_minutes": int(stored.get("idle_close_minutes", DEFAULT_IDLE_MINUTES))}
+
+
+async def do_save_chat_settings(actor: ChatActor, *, idle_close_minutes: int) -> dict:
+    staff_id = require_manager(actor)
+    async with transaction() as session:
+        merchant = await session.get(Merchant, actor.merchant_id, with_for_update=True)
+        settings = dict(merchant.settings or {})
+        settings["chat"] = {**settings.get("chat", {}), "idle_close_minutes": idle_close_minutes}
+        merchant.settings = settings
+        record(session, merchant_id=actor.merchant_id, actor_type="agent", actor_id=staff_id,
+               action="chat.settings", object_type="merchant", object_id=actor.merchant_id,
+               data={"idle_close_minutes": idle_close_minutes})
+        return chat_settings(merchant)
+
+
+async def close_idle(limit: int = 500) -> int:
+    """End chats (assigned or with the bot) idle longer than their merchant's setting; each once, on any node."""
+    at = now()
+    last = func.coalesce(Conversation.last_message_at, Conversation.created_at)
+    async with transaction() as session:
+        rows = (await session.execute(select(Conversation.id, Conversation.merchant_id, last.label("last")).where(
+            Conversation.status.in_(("assigned", "bot")), last < at - timedelta(minutes=1))
+            .order_by(last).limit(limit))).all()
+        merchants = {m.id: chat_settings(m)["idle_close_minutes"] for m in (await session.execute(
+            select(Merchant).where(Merchant.id.in_({r.merchant_id for r in rows})))).scalars()} if rows else {}
+    closed = 0
+    for conv_id, merchant_id, last_at in rows:
+        minutes = merchants.get(merchant_id, DEFAULT_IDLE_MINUTES)
+        if minutes <= 0 or last_at > at - timedelta(minutes=minutes):
+            continue
+        outcome = Outcome()
+        try:
+            async with transaction() as session:
+                await routing.lock_routing(session, merchant_id)
+                conv = (await session.execute(select(Conversation).where(
+                    Conversation.id == conv_id, Conversation.status.in_(("assigned", "bot")))
+                    .with_for_update().execution_options(populate_existing=True))).scalar_one_or_none()
+                if conv is None or (conv.last_message_at or conv.created_at) > at - timedelta(minutes=minutes):
+                    continue  # ended or written to meanwhile
+                await _finish(session, conv, "system", f"对话已自动结束（{minutes} 分钟无消息）", outcome, at)
+                record(session, merchant_id=merchant_id, actor_type="system", actor_id=None, action="chat.end",
+                       object_type="conversation", object_id=conv.id, data={"idle_minutes": minutes})
+        except Exception:  # one broken chat must not stop the sweep
+            import structlog
+
+            structlog.get_logger("shopdesk.chat").exception("idle_close_failed", conversation_id=conv_id)
+            continue
+        await outcome.publish()
+        closed += 1
+    return closed
+
+
+# --- agent tools: lock, invite a colleague, canned replies, proactive invitations -----------------
+
+async def do_lock(actor: ChatActor, conversation_id: str, *, lock: bool) -> dict:
+    """Lock a chat so only the holder replies (others get `locked`); the holder or a supervisor unlocks it."""
+    staff_id = actor.require_agent()
+    outcome = Outcome()
+    async with transaction() as session:
+        conv = await access_conversation(session, actor, conversation_id, lock=True)
+        if conv.status == "ended":
+            raise Conflict("this conversation has ended", code="illegal_transition")
+        if lock:
+            if conv.locked_by and conv.locked_by != staff_id:
+                raise Conflict("a colleague holds the lock", code="locked")
+            conv.locked_by = staff_id
+        else:
+            if conv.locked_by and conv.locked_by != staff_id and actor.role not in ("admin", "supervisor"):
+                raise Conflict("only the holder or a supervisor can unlock", code="locked")
+            conv.locked_by = None
+        conv.updated_at = now()
+        await session.flush()
+        outcome.events += await conversation_events(session, conv.merchant_id, [conv], requeued=False)
+        record(session, merchant_id=conv.merchant_id, actor_type="agent", actor_id=staff_id,
+               action="chat.lock" if lock else "chat.unlock", object_type="conversation", object_id=conv.id)
+        out = conversation_out(conv, (await staff_names(session, {conv.assignee_id})).get(conv.assignee_id or ""))
+    await outcome.publish()
+    return out
+
+
+async def do_add_participant(actor: ChatActor, conversation_id: str, *, agent_id: str) -> dict:
+    """Invite a colleague into a chat: they get its messages from now on and may reply."""
+    staff_id = actor.require_agent()
+    outcome = Outcome()
+    async with transaction() as session:
+        conv = await access_conversation(session, actor, conversation_id, lock=True)
+        if conv.status == "ended":
+            raise Conflict("this conversation has ended", code="illegal_transition")
+        target = await session.get(Staff, agent_id) if len(agent_id) <= 32 else None
+        if target is None or target.merchant_id != conv.merchant_id:
+            raise ValidationFailed("no such agent", field="agent_id")
+        if agent_id == conv.assignee_id or agent_id in await participant_ids(session, conv.id):
+            raise Conflict(f"{target.name} is in this chat already", code="already_participant", field="agent_id")
+        session.add(ChatParticipant(merchant_id=conv.merchant_id, conversation_id=conv.id, staff_id=agent_id,
+                                    invited_by=staff_id))
+        await session.flush()
+        await _system_message(session, conv, f"{actor.name} 邀请 {target.name} 加入对话", outcome)
+        outcome.events.append(Event((f"s:{agent_id}",), encode(
+            {"type": "participant.added", "conversation_id": conv.id, "staff_id": agent_id,
+             "by": {"id": staff_id, "name": actor.name}})))
+        record(session, merchant_id=conv.merchant_id, actor_type="agent", actor_id=staff_id,
+               action="chat.invite_colleague", object_type="conversation", object_id=conv.id,
+               data={"agent_id": agent_id})
+        out = {"conversation_id": conv.id, "participants": await participant_ids(session, conv.id)}
+    await outcome.publish()
+    return out
+
+
+def canned_out(c: "CannedReply", rendered: str | None = None) -> dict:
+    return {"id": c.id, "shortcut": c.shortcut, "text": c.text, "scope": "agent" if c.owner_id else "merchant",
+            "owner_id": c.owner_id, "rendered": rendered if rendered is not None else c.text}
+
+
+async def do_create_canned(actor: ChatActor, *, shortcut: str, text: str, shared: bool) -> dict:
+    """A canned reply of the agent's own, or (admin/supervisor, shared) for the whole merchant."""
+    from shopdesk.chat.models import CannedReply
+
+    staff_id = require_manager(actor) if shared else actor.require_agent()
+    async with transaction() as session:
+        owner = None if shared else staff_id
+        clash = (await session.execute(select(CannedReply.id).where(
+            CannedReply.merchant_id == actor.merchant_id, CannedReply.shortcut == shortcut,
+            CannedReply.owner_id.is_(None) if owner is None else CannedReply.owner_id == owner))).first()
+        if clash is not None:
+            raise Conflict(f"/{shortcut} exists already", code="duplicate_shortcut", field="shortcut")
+        item = CannedReply(merchant_id=actor.merchant_id, owner_id=owner, shortcut=shortcut, text=text)
+        session.add(item)
+        await session.flush()
+        return canned_out(item)
+
+
+async def do_delete_canned(actor: ChatActor, canned_id: str) -> None:
+    from shopdesk.chat.models import CannedReply
+
+    staff_id = actor.require_agent()
+    async with transaction() as session:
+        item = await session.get(CannedReply, canned_id) if len(canned_id) <= 32 else None
+        if item is None or item.merchant_id != actor.merchant_id or item.owner_id not in (None, staff_id):
+            raise NotFound("no such canned reply")
+        if item.owner_id is None and actor.role not in ("admin", "supervisor"):
+            raise Forbidden("this needs the role admin or supervisor")
+        await session.delete(item)
+
+
+async def do_invite_visitor(actor: ChatActor, visitor_id: str, *, text: str) -> dict:
+    """Proactively invite a browsing visitor: a chat assigned to this agent opens with their message,
+    and the visitor's widget gets `invitation` (then the message itself) to open."""
+    staff_id = actor.require_agent()
+    outcome = Outcome()
+    at = now()
+    async with transaction() as session:
+        visitor = await session.get(ChatVisitor, visitor_id) if len(visitor_id) <= 32 else None
+        if visitor is None or visitor.merchant_id != actor.merchant_id:
+            raise NotFound("no such visitor", field="visitor_id")
+        await routing.lock_routing(session, actor.merchant_id)
+        conv = await open_conversation(session, visitor.id)
+        if conv is not None:
+            raise Conflict("this visitor is in a chat already", code="already_chatting", field="visitor_id")
+        conv = Conversation(merchant_id=visitor.merchant_id, store_id=visitor.store_id, visitor_id=visitor.id,
+                            customer_id=visitor.customer_id, status="assigned", assignee_id=staff_id,
+                            assigned_at=at, last_seq=0, visitor_read_seq=0, agent_read_seq=0, created_at=at,
+                            updated_at=at)
+        session.add(conv)
+        visitor.last_agent_id, visitor.last_agent_at = staff_id, at
+        await session.flush()
+        message = await _append(session, conv, sender_type="agent", sender_id=staff_id, sender_name=actor.name,
+                                text=text, client_msg_id=f"invite-{new_id()}")
+        outcome.events += await conversation_events(session, conv.merchant_id, [conv], requeued=False)
+        outcome.events.append(Event((f"v:{visitor.id}",), encode({
+            "type": "invitation", "text": text, "agent": {"id": staff_id, "name": actor.name},
+            "conversation_id": conv.id, "message_id": message.id})))
+        outcome.events.append(Event(topics_for_message(conv.id, conv.visitor_id, conv.assignee_id, conv.merchant_id),
+                                    message_frame(message), stream=conv.id, seq=message.seq))
+        record(session, merchant_id=conv.merchant_id, actor_type="agent", actor_id=staff_id,
+               action="chat.invite_visitor", object_type="conversation", object_id=conv.id)
+        out = {"conversation": conversation_out(conv, actor.name), "message": message_out(message)}
+    await outcome.publish()
+    return out

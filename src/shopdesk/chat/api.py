@@ -4,17 +4,19 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from shopdesk.accounts.models import Staff
-from shopdesk.chat import actions
+from shopdesk.accounts.models import Merchant, Staff
+from shopdesk.chat import actions, history, rooms, rules
 from shopdesk.chat.actions import ChatActor, resolve_actor
-from shopdesk.chat.models import AgentPresence, ChatDesk, Conversation
-from shopdesk.chat.queries import conversation_detail, list_conversations, list_messages
+from shopdesk.chat.models import AgentPresence, ChatBlock, ChatDesk, Conversation
+from shopdesk.chat.queries import (canned_replies, conversation_detail, customer_card, list_conversations,
+                                   list_messages, online_visitors)
 from shopdesk.config import get_settings
 from shopdesk.core import storage
+from shopdesk.core.clock import isoformat, now
 from shopdesk.core.db import sessionmaker
 from shopdesk.core.errors import ValidationFailed
 from shopdesk.core.pagination import clamp_limit, decode_cursor, encode_cursor
@@ -63,6 +65,8 @@ class WidgetSessionIn(Strict):
     identity: IdentityIn | None = None
     page: PageIn | None = None
     contact: ContactIn | None = None
+    # Added: document.referrer of the page the widget runs on (the customer card's "came from").
+    referrer: str | None = Field(default=None, max_length=2000)
 
 
 class PresenceIn(Strict):
@@ -98,11 +102,14 @@ class DeskIn(Strict):
 async def widget_session(body: WidgetSessionIn, request: Request) -> dict:
     """Start or continue a shopper's widget session (no auth: the store code is public)."""
     hit("300/minute", "widget-session", request.client.host if request.client else "-")
+    ip = rules.client_ip(request.client.host if request.client else "", request.headers.get("x-forwarded-for"),
+                         get_settings().trusted_proxy)
     return await actions.do_start_widget_session(
         store=body.store, merchant=body.merchant, visitor_id=body.visitor_id,
         identity=body.identity.model_dump() if body.identity else None,
         page=body.page.model_dump() if body.page else None,
-        contact=body.contact.model_dump() if body.contact else None)
+        contact=body.contact.model_dump() if body.contact else None,
+        ip=ip, user_agent=request.headers.get("user-agent", ""), referrer=body.referrer or "")
 
 
 @router.put("/widget/contact")
@@ -140,9 +147,62 @@ async def conversations(session: DbSession, actor: Caller, status: str | None = 
     return page(items, encode_cursor([items[-1]["id"]]) if more else None)
 
 
+@router.get("/conversations/search")
+async def search_conversations(session: DbSession, actor: Caller, q: str | None = None, customer: str | None = None,
+                               order_no: str | None = None, date_from: str | None = None,
+                               date_to: str | None = None, status: str | None = None, limit: int | None = None,
+                               cursor: str | None = None) -> dict:
+    """History search: by customer (name, phone, email, external id), order number, text, creation date range."""
+    size = clamp_limit(limit)
+    after = decode_cursor(cursor)
+    items, more = await history.search(session, actor, limit=size, after_id=str(after[0]) if after else None,
+                                       q=q, customer=customer, order_no=order_no, date_from=date_from,
+                                       date_to=date_to, status=status)
+    return page(items, encode_cursor([items[-1]["id"]]) if more else None)
+
+
+@router.get("/conversations/export")
+async def export_conversations(session: DbSession, actor: Caller, format: str = "json", q: str | None = None,
+                               customer: str | None = None, order_no: str | None = None,
+                               date_from: str | None = None, date_to: str | None = None, status: str | None = None,
+                               limit: int | None = None) -> Response:
+    """Export matching conversations with their messages (oldest first, at most 1,000 per request)."""
+    if format not in ("json", "csv"):
+        raise ValidationFailed("format must be json or csv", field="format")
+    if limit is not None and not 1 <= limit <= history.EXPORT_MAX:
+        raise ValidationFailed(f"limit must be between 1 and {history.EXPORT_MAX}", field="limit")
+    rows = await history.export_rows(session, actor, limit=limit or history.EXPORT_MAX, q=q, customer=customer,
+                                     order_no=order_no, date_from=date_from, date_to=date_to, status=status)
+    stamp = isoformat(now())
+    if format == "csv":
+        return Response(history.to_csv(rows), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="conversations.csv"'})
+    return JSONResponse({"version": history.EXPORT_VERSION, "exported_at": stamp, "conversations": rows},
+                        headers={"Content-Disposition": 'attachment; filename="conversations.json"'})
+
+
+@router.post("/conversations/import")
+async def import_conversations(body: history.ImportIn, actor: Caller) -> dict:
+    """Import the export's JSON (admin or supervisor): new ids, stored as ended history; re-import skips."""
+    return await history.do_import(actor, body)
+
+
+@router.delete("/conversations/{conversation_id}", status_code=204)
+async def delete_conversation(conversation_id: str, actor: Caller) -> Response:
+    """Delete an ended conversation and its messages (admin; audit-logged)."""
+    await history.do_delete(actor, conversation_id)
+    return Response(status_code=204)
+
+
 @router.get("/conversations/{conversation_id}")
 async def conversation(conversation_id: str, session: DbSession, actor: Caller) -> dict:
     return await conversation_detail(session, actor, conversation_id)
+
+
+@router.get("/conversations/{conversation_id}/customer")
+async def conversation_customer(conversation_id: str, session: DbSession, actor: Caller) -> dict:
+    """The customer card beside a chat (staff): visitor info, customer, orders, after-sales cases, past chats."""
+    return await customer_card(session, actor, conversation_id)
 
 
 @router.get("/conversations/{conversation_id}/messages")
@@ -224,3 +284,147 @@ async def upload(file: UploadFile, actor: Caller) -> dict:
 async def get_upload(attachment_id: str, session: DbSession, actor: Caller):
     item = await actions.access_attachment(session, actor, attachment_id)
     return FileResponse(storage.open_path(item.path), media_type=item.content_type)
+
+
+class AnnouncementIn(Strict):
+    store: str = Field(min_length=1, max_length=64)
+    text: str = Field(min_length=1, max_length=1000)
+
+
+@router.post("/chat/announcements", status_code=201)
+async def announce(body: AnnouncementIn, actor: Caller) -> dict:
+    """Broadcast a notice to every widget of a store that is connected now, on every node (admin or supervisor)."""
+    return await actions.do_announce(actor, store=body.store, text=body.text)
+
+
+class ChatSettingsIn(Strict):
+    idle_close_minutes: int = Field(ge=0, le=24 * 60)  # 0: never close idle chats
+
+
+@router.get("/chat/settings")
+async def get_chat_settings(session: DbSession, actor: Caller) -> dict:
+    actor.require_staff()
+    return actions.chat_settings(await session.get(Merchant, actor.merchant_id))
+
+
+@router.put("/chat/settings")
+async def put_chat_settings(body: ChatSettingsIn, actor: Caller) -> dict:
+    return await actions.do_save_chat_settings(actor, idle_close_minutes=body.idle_close_minutes)
+
+
+class BlockIn(Strict):
+    conversation_id: str | None = Field(default=None, min_length=1, max_length=32)
+    visitor_id: str | None = Field(default=None, min_length=1, max_length=32)
+    ip: bool = False
+    reason: str = Field(default="", max_length=200)
+
+
+@router.post("/chat/blocks", status_code=201)
+async def block(body: BlockIn, actor: Caller) -> dict:
+    """Block a visitor (by conversation or visitor id; with ip, their address too)."""
+    if not body.conversation_id and not body.visitor_id:
+        raise ValidationFailed("give conversation_id or visitor_id", field="visitor_id")
+    return await actions.do_block(actor, conversation_id=body.conversation_id, visitor_id=body.visitor_id,
+                                  ip=body.ip, reason=body.reason)
+
+
+@router.get("/chat/blocks")
+async def blocks(session: DbSession, actor: Caller) -> dict:
+    actor.require_staff()
+    rows = (await session.execute(select(ChatBlock).where(ChatBlock.merchant_id == actor.merchant_id)
+                                  .order_by(ChatBlock.id.desc()).limit(500))).scalars()
+    return page([{"id": b.id, "kind": b.kind, "value": b.value, "reason": b.reason, "created_by": b.created_by,
+                  "created_at": isoformat(b.created_at)} for b in rows], None)
+
+
+@router.delete("/chat/blocks/{block_id}", status_code=204)
+async def unblock(block_id: str, actor: Caller) -> Response:
+    await actions.do_unblock(actor, block_id)
+    return Response(status_code=204)
+
+
+@router.post("/conversations/{conversation_id}/lock")
+async def lock(conversation_id: str, actor: Caller) -> dict:
+    """Only the holder may reply while locked; others get 409/`locked`."""
+    return await actions.do_lock(actor, conversation_id, lock=True)
+
+
+@router.post("/conversations/{conversation_id}/unlock")
+async def unlock(conversation_id: str, actor: Caller) -> dict:
+    return await actions.do_lock(actor, conversation_id, lock=False)
+
+
+class ParticipantIn(Strict):
+    agent_id: str = Field(min_length=1, max_length=32)
+
+
+@router.post("/conversations/{conversation_id}/participants", status_code=201)
+async def add_participant(conversation_id: str, body: ParticipantIn, actor: Caller) -> dict:
+    """Invite a colleague into the chat (they receive it and may reply)."""
+    return await actions.do_add_participant(actor, conversation_id, agent_id=body.agent_id)
+
+
+class CannedIn(Strict):
+    shortcut: str = Field(min_length=1, max_length=32, pattern=r"^[^\s/]+$")
+    text: str = Field(min_length=1, max_length=actions.MAX_TEXT)
+    shared: bool = False  # for the whole merchant (admin or supervisor)
+
+
+@router.get("/chat/canned")
+async def list_canned(session: DbSession, actor: Caller, conversation_id: str | None = None) -> dict:
+    """Canned replies (merchant-wide and the agent's own); with conversation_id, `rendered` has the variables filled."""
+    return page(await canned_replies(session, actor, conversation_id), None)
+
+
+@router.post("/chat/canned", status_code=201)
+async def create_canned(body: CannedIn, actor: Caller) -> dict:
+    return await actions.do_create_canned(actor, shortcut=body.shortcut, text=body.text, shared=body.shared)
+
+
+@router.delete("/chat/canned/{canned_id}", status_code=204)
+async def delete_canned(canned_id: str, actor: Caller) -> Response:
+    await actions.do_delete_canned(actor, canned_id)
+    return Response(status_code=204)
+
+
+@router.get("/chat/visitors/online")
+async def visitors_online(session: DbSession, actor: Caller) -> dict:
+    return page(await online_visitors(session, actor), None)
+
+
+class InviteIn(Strict):
+    text: str = Field(min_length=1, max_length=actions.MAX_TEXT)
+
+
+@router.post("/chat/visitors/{visitor_id}/invite", status_code=201)
+async def invite_visitor(visitor_id: str, body: InviteIn, actor: Caller) -> dict:
+    """Proactive invitation: opens a chat with this agent; the widget gets `invitation`."""
+    return await actions.do_invite_visitor(actor, visitor_id, text=body.text)
+
+
+@router.get("/chat/rooms")
+async def list_rooms(session: DbSession, actor: Caller) -> dict:
+    """The internal channel: the merchant's staff room and the agent's direct-message rooms."""
+    return page(await rooms.rooms_of(session, actor), None)
+
+
+class RoomIn(Strict):
+    agent_id: str = Field(min_length=1, max_length=32)
+
+
+@router.post("/chat/rooms")
+async def open_room(body: RoomIn, actor: Caller) -> dict:
+    """The direct-message room with a colleague (created on first use)."""
+    return await rooms.do_open_direct(actor, body.agent_id)
+
+
+@router.get("/chat/rooms/{room_id}/messages")
+async def room_messages(room_id: str, session: DbSession, actor: Caller, after_seq: int = 0,
+                        limit: int | None = None) -> dict:
+    if after_seq < 0:
+        raise ValidationFailed("must be 0 or more", field="after_seq")
+    size = clamp_limit(limit)
+    items = await rooms.messages(session, actor, room_id, after_seq=after_seq, limit=size + 1)
+    more = len(items) > size
+    items = items[:size]
+    return {"items": items, "next_after_seq": items[-1]["seq"] if more else None}

@@ -36,6 +36,16 @@ class ChatVisitor(Base):
     last_agent_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = created_column()
     last_seen_at: Mapped[datetime] = created_column()
+    # For the customer card (recorded at widget session and socket connect).
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    location: Mapped[str] = mapped_column(String(100), default="")  # empty: no offline IP database installed
+    user_agent: Mapped[str] = mapped_column(String(500), default="")
+    device: Mapped[dict | None]  # {"device": "mobile|tablet|desktop", "os", "browser"}
+    referrer: Mapped[str] = mapped_column(String(2000), default="")
+    landing_page: Mapped[str] = mapped_column(String(2000), default="")
+    # Socket presence across nodes: online while connected_at is set and later than left_at.
+    connected_at: Mapped[datetime | None]
+    left_at: Mapped[datetime | None]
 
 
 class ChatDesk(Base):
@@ -62,6 +72,9 @@ class AgentPresence(Base):
     capacity: Mapped[int] = mapped_column(Integer, default=DEFAULT_CAPACITY)
     # Round-robin among equally loaded agents: the one who waited longest for a chat goes first.
     last_assigned_at: Mapped[datetime | None]
+    # Touched while the agent has a socket on some node (each node's heartbeat) and when their last local
+    # socket closes; the sweeper turns an agent whose sockets stay gone past the grace period offline.
+    socket_seen_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = created_column()
 
 
@@ -73,6 +86,7 @@ class Conversation(Base):
               sqlite_where=text("status <> 'ended'"), postgresql_where=text("status <> 'ended'")),
         Index("ix_chat_conversation_queue", "merchant_id", "status", "queued_at"),
         Index("ix_chat_conversation_assignee", "assignee_id", "status"),
+        Index("ix_chat_conversation_import", "merchant_id", "import_key"),
     )
     id: Mapped[str] = id_column()
     merchant_id: Mapped[str] = mapped_column(ForeignKey("merchant.id"), index=True)
@@ -98,6 +112,10 @@ class Conversation(Base):
     rating_score: Mapped[int | None] = mapped_column(Integer)
     rating_comment: Mapped[str | None] = mapped_column(Text)
     rated_at: Mapped[datetime | None]
+    # Lock: only this agent may reply while it is set.
+    locked_by: Mapped[str | None] = mapped_column(String(32))
+    # Set when the conversation came from an import: the source's id, so a re-import is idempotent.
+    import_key: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = created_column()
     updated_at: Mapped[datetime] = created_column()
 
@@ -120,6 +138,79 @@ class ChatMessage(Base):
     text: Mapped[str] = mapped_column(Text, default="")  # plain text; clients render it as text
     attachment: Mapped[dict | None]
     via: Mapped[str] = mapped_column(String(8), default="chat")  # chat | email
+    # A product or order card: {"type": "product", "sku", "title", "price_fen"} or
+    # {"type": "order", "order_no", "order_id", "title", "status", "paid_total_fen"}, filled in by the server.
+    card: Mapped[dict | None]
+    # A private note: staff only, never sent to the visitor nor returned to shopper reads.
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    mentions: Mapped[list | None]  # staff ids @mentioned in a note
+    created_at: Mapped[datetime] = created_column()
+
+
+class ChatParticipant(Base):
+    """A colleague invited into a conversation: gets its messages and may reply."""
+
+    __tablename__ = "chat_participant"
+    __table_args__ = (UniqueConstraint("conversation_id", "staff_id"),)
+    id: Mapped[str] = id_column()
+    merchant_id: Mapped[str] = mapped_column(String(32), index=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("chat_conversation.id"), index=True)
+    staff_id: Mapped[str] = mapped_column(ForeignKey("staff.id"))
+    invited_by: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = created_column()
+
+
+class ChatBlock(Base):
+    """A blocked visitor id or IP: their sockets are closed and new widget sessions refused."""
+
+    __tablename__ = "chat_block"
+    __table_args__ = (UniqueConstraint("merchant_id", "kind", "value"),)
+    id: Mapped[str] = id_column()
+    merchant_id: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # visitor | ip
+    value: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    created_by: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = created_column()
+
+
+class CannedReply(Base):
+    """A canned reply (常用语): merchant-wide (owner_id null) or an agent's own; `/shortcut` inserts it."""
+
+    __tablename__ = "chat_canned_reply"
+    __table_args__ = (Index("ix_chat_canned_reply_owner", "merchant_id", "owner_id"),)
+    id: Mapped[str] = id_column()
+    merchant_id: Mapped[str] = mapped_column(String(32))
+    owner_id: Mapped[str | None] = mapped_column(String(32))
+    shortcut: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = created_column()
+
+
+class ChatRoom(Base):
+    """The internal channel (企业内部即时通讯): the merchant's staff room, or direct messages between two agents."""
+
+    __tablename__ = "chat_room"
+    __table_args__ = (UniqueConstraint("merchant_id", "key"),)
+    id: Mapped[str] = id_column()
+    merchant_id: Mapped[str] = mapped_column(String(32), index=True)
+    key: Mapped[str] = mapped_column(String(80))  # "staff" or "dm:<lower id>:<higher id>"
+    member_ids: Mapped[list] = mapped_column(default=list)  # empty for the staff room: every staff member
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = created_column()
+
+
+class ChatRoomMessage(Base):
+    __tablename__ = "chat_room_message"
+    __table_args__ = (UniqueConstraint("room_id", "seq"), UniqueConstraint("room_id", "sender_id", "client_msg_id"))
+    id: Mapped[str] = id_column()
+    merchant_id: Mapped[str] = mapped_column(String(32), index=True)
+    room_id: Mapped[str] = mapped_column(ForeignKey("chat_room.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    client_msg_id: Mapped[str | None] = mapped_column(String(64))
+    sender_id: Mapped[str] = mapped_column(String(32))
+    sender_name: Mapped[str] = mapped_column(String(200), default="")
+    text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = created_column()
 
 

@@ -20,7 +20,7 @@ from fastapi import WebSocket
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from shopdesk.chat import actions, routing
+from shopdesk.chat import actions, rooms, routing, rules
 from shopdesk.chat.actions import ChatActor, encode
 from shopdesk.chat.queries import REPLAY_BATCH, message_frames
 from shopdesk.config import get_settings
@@ -37,6 +37,10 @@ QUEUE_MAX = 2000  # frames waiting for a slow socket before it is closed (its cl
 BUCKET_RATE, BUCKET_BURST = 10.0, 30  # frames per second, per connection
 STRIKES_MAX, STRIKE_WINDOW_S = 10, 60.0  # error frames before the socket is closed with 1008
 ASSIGNEE_TTL_S = 5.0
+# After hello, live messages of a conversation this socket has not synced yet wait this long for the
+# client's `resume`. Without the wait a reconnecting client could get seq 119 live and then 117–118 from
+# its resume: each once, but out of order on the wire. A resume ends the wait for its conversation.
+RESUME_GRACE_S = 0.5
 # Errors about the conversation's state, not the client's behaviour: they do not count as abuse.
 BENIGN = {"conversation_ended", "illegal_transition", "internal_error"}
 
@@ -45,12 +49,40 @@ class Frame(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class CardIn(Frame):
+    type: Literal["product", "order"]
+    sku: str | None = Field(default=None, min_length=1, max_length=64)
+    order_no: str | None = Field(default=None, min_length=1, max_length=64)
+
+
 class SendIn(Frame):
     type: Literal["message.send"]
     client_msg_id: str = Field(min_length=1, max_length=64)
     text: str | None = Field(default=None, max_length=actions.MAX_TEXT)
     attachment_id: str | None = Field(default=None, min_length=1, max_length=32)
     conversation_id: str | None = Field(default=None, min_length=1, max_length=32)
+    card: CardIn | None = None
+    private: bool = False  # staff: a note the visitor never sees
+    mentions: list[str] | None = Field(default=None, max_length=20)
+
+
+class PageViewIn(Frame):
+    type: Literal["page.view"]
+    url: str = Field(max_length=2000)
+    title: str = Field(default="", max_length=500)
+
+
+CALL_TYPES = ("call.invite", "call.accepted", "call.declined", "call.offer", "call.answer", "call.ice", "call.hangup")
+VISITOR_CALLS = {"call.invite", "call.offer", "call.answer", "call.ice", "call.hangup"}
+AGENT_CALLS = {"call.accepted", "call.declined", "call.offer", "call.answer", "call.ice", "call.hangup"}
+
+
+class CallIn(Frame):
+    type: Literal[CALL_TYPES]  # type: ignore[valid-type]
+    conversation_id: str = Field(min_length=1, max_length=32)
+    call_id: str = Field(min_length=1, max_length=64)
+    sdp: str | None = Field(default=None, max_length=actions.MAX_SDP)
+    candidate: dict | None = None
 
 
 class TypingIn(Frame):
@@ -79,8 +111,23 @@ class PingIn(Frame):
     type: Literal["ping"]
 
 
+class RoomSendIn(Frame):
+    type: Literal["room.send"]
+    room_id: str = Field(min_length=1, max_length=32)
+    client_msg_id: str = Field(min_length=1, max_length=64)
+    text: str = Field(max_length=actions.MAX_TEXT)
+
+
+class RoomResumeIn(Frame):
+    type: Literal["room.resume"]
+    room_id: str = Field(min_length=1, max_length=32)
+    after_seq: int = Field(ge=0, le=2**31 - 1)
+
+
 SCHEMAS: dict[str, type[Frame]] = {"message.send": SendIn, "typing": TypingIn, "read": ReadIn, "resume": ResumeIn,
-                                   "watch": WatchIn, "unwatch": WatchIn, "ping": PingIn}
+                                   "watch": WatchIn, "unwatch": WatchIn, "ping": PingIn, "page.view": PageViewIn,
+                                   "room.send": RoomSendIn, "room.resume": RoomResumeIn,
+                                   **{t: CallIn for t in CALL_TYPES}}
 PONG = encode({"type": "pong"})
 
 
@@ -118,6 +165,8 @@ class Connection:
         self.closing = False
         self.writer: asyncio.Task | None = None
         self.ref: str | None = None  # the client_msg_id of the frame being handled, echoed in its errors
+        self.hold_until = time.monotonic() + RESUME_GRACE_S
+        self.held: dict[str, list[tuple[int, str]]] = {}  # conversation id → live (seq, frame) waiting for a resume
 
     # -- broker side --------------------------------------------------------------------------
     def deliver(self, event: Event) -> None:
@@ -183,6 +232,11 @@ class Connection:
             while True:
                 item = await self.queue.get()
                 if isinstance(item, Event):
+                    if item.stream == actions.CLOSE_STREAM:  # blocked: say why, then close
+                        await ws.send_text(item.frame)
+                        self.closing = True
+                        await ws.close(code=1008, reason="blocked")
+                        return
                     if item.stream:
                         await self._send_in_order(item.stream, item.seq, item.frame)
                     else:
@@ -191,6 +245,8 @@ class Connection:
                     await ws.send_text(item[1])
                 elif item[0] == "resume":
                     await self._replay(item[1], item[2])
+                elif item[0] == "release":
+                    await self._release_held()
                 elif item[0] == "close":
                     await ws.close(code=item[1], reason=item[2])
                     return
@@ -202,6 +258,16 @@ class Connection:
 
     async def _send_in_order(self, stream: str, seq: int, frame: str) -> None:
         rng = self.sent.get(stream)
+        if rng is None and time.monotonic() < self.hold_until:
+            if not self.held:
+                asyncio.get_running_loop().call_later(self.hold_until - time.monotonic() + 0.01, self._release_soon)
+            self.held.setdefault(stream, []).append((seq, frame))
+            return
+        if rng is None and stream in self.held:
+            # The grace ran out before its release was handled: what waited goes first, all in order.
+            for s, f in sorted(self.held.pop(stream) + [(seq, frame)]):
+                await self._send_in_order(stream, s, f)
+            return
         if rng is None:
             self.sent[stream] = [seq, seq]
             await self.ws.send_text(frame)
@@ -213,7 +279,7 @@ class Connection:
             # A gap: an event lost or overtaken between nodes. The database has it (seqs commit in order).
             after = hi
             while after < seq - 1:
-                rows = await message_frames(stream, after, upto=seq - 1)
+                rows = await self._frames(stream, after, upto=seq - 1)
                 if not rows:
                     break
                 for s, f in rows:
@@ -225,17 +291,41 @@ class Connection:
         elif seq == lo - 1:
             rng[0] = seq
 
+    def _release_soon(self) -> None:
+        if not self.closing:
+            try:
+                self.queue.put_nowait(("release",))
+            except asyncio.QueueFull:
+                self.drop(1013, "too slow: reconnect and resume")
+
+    async def _release_held(self) -> None:
+        """No resume came for these conversations within the grace: send what waited, in seq order."""
+        self.hold_until = 0.0
+        held, self.held = self.held, {}
+        for stream, items in held.items():
+            for seq, frame in sorted(items):
+                await self._send_in_order(stream, seq, frame)
+
+    async def _frames(self, stream: str, after: int, upto: int | None = None) -> list[tuple[int, str]]:
+        """Stored frames of a stream (a conversation, or `room:<id>` of the internal channel) after a seq."""
+        if stream.startswith("room:"):
+            return await rooms.replay_frames(self.actor, stream[5:], after, upto)
+        return await message_frames(stream, after, upto=upto, staff=self.actor.is_staff_side)
+
     async def _replay(self, conversation_id: str, after_seq: int) -> None:
+        # What waited for this resume is in the database (events are published after commit): the
+        # replay below sends it in order with the rest.
+        self.held.pop(conversation_id, None)
         rng = self.sent.get(conversation_id)
         start = last = after_seq
         while True:
-            rows = await message_frames(conversation_id, start)
+            rows = await self._frames(conversation_id, start)
             for s, f in rows:
                 if rng is None or not rng[0] <= s <= rng[1]:
                     await self.ws.send_text(f)
             if rows:
                 start = last = rows[-1][0]
-            if len(rows) < REPLAY_BATCH:
+            if len(rows) < min(REPLAY_BATCH, rooms.REPLAY_MAX):
                 break
         if rng is None:
             self.sent[conversation_id] = [after_seq + 1, last]
@@ -287,6 +377,9 @@ class Connection:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "type"
             raise FrameError("validation_failed", f"{field}: {err['msg']}", field) from None
+        if kind in CALL_TYPES:
+            await self.on_call(frame)  # type: ignore[arg-type]
+            return
         await getattr(self, "on_" + kind.replace(".", "_"))(frame)
 
     async def on_message_send(self, f: SendIn) -> None:
@@ -295,7 +388,9 @@ class Connection:
             ratelimit.hit(f"{per_minute}/minute", "chat-send", self.actor.visitor_id or "")
         sent = await actions.do_send_message(self.actor, client_msg_id=f.client_msg_id, text=f.text,
                                              attachment_id=f.attachment_id, conversation_id=f.conversation_id,
-                                             on_stored=self.send)
+                                             on_stored=self.send,
+                                             card=f.card.model_dump(exclude_none=True) if f.card else None,
+                                             private=f.private, mentions=f.mentions)
         if sent.message is None:
             self.send(sent.ack)  # a resend: the first ack again, nothing stored or broadcast
 
@@ -329,6 +424,46 @@ class Connection:
     async def on_ping(self, f: PingIn) -> None:
         self.send_text(PONG)
 
+    async def on_room_send(self, f: RoomSendIn) -> None:
+        if self.actor.kind != "staff":
+            raise FrameError("forbidden", "the internal channel is for staff", "type")
+        ack, event = await rooms.do_send(self.actor, f.room_id, client_msg_id=f.client_msg_id, text=f.text)
+        self.send(ack)
+        if event is not None:
+            await get_broker().publish(event)
+
+    async def on_room_resume(self, f: RoomResumeIn) -> None:
+        if self.actor.kind != "staff":
+            raise FrameError("forbidden", "the internal channel is for staff", "type")
+        async with transaction() as session:
+            await rooms.access_room(session, self.actor, f.room_id)
+        try:
+            self.queue.put_nowait(("resume", f"room:{f.room_id}", f.after_seq))
+        except asyncio.QueueFull:
+            self.drop(1013, "too slow: reconnect and resume")
+
+    async def on_page_view(self, f: PageViewIn) -> None:
+        await actions.do_page_view(self.actor, f.url, f.title)
+
+    async def on_call(self, f: CallIn) -> None:
+        """Relay WebRTC signalling between the conversation's visitor and its assignee; nothing is stored."""
+        visitor_id, assignee_id, _ = await self.conversation(f.conversation_id, fresh=True)
+        if self.actor.kind == "visitor":
+            if f.type not in VISITOR_CALLS:
+                raise FrameError("forbidden", f"{f.type} comes from the agent", "type")
+            if not assignee_id:
+                raise FrameError("no_agent", "no agent holds this chat yet", "conversation_id")
+            target = f"s:{assignee_id}"
+        else:
+            if assignee_id != self.actor.staff_id:
+                raise FrameError("not_found", "no such conversation", "conversation_id")
+            if f.type not in AGENT_CALLS:
+                raise FrameError("forbidden", f"{f.type} comes from the visitor", "type")
+            target = f"v:{visitor_id}"
+        frame = f.model_dump(exclude_none=True)
+        frame["from"] = self.actor.sender()
+        await get_broker().publish(Event((target,), encode(frame), skip=self.id))
+
 
 async def _refuse(ws: WebSocket, code: str, detail: str) -> None:
     try:
@@ -338,9 +473,11 @@ async def _refuse(ws: WebSocket, code: str, detail: str) -> None:
         pass
 
 
-async def hello_for(actor: ChatActor) -> dict:
+async def hello_for(actor: ChatActor, ws: WebSocket | None = None) -> dict:
     if actor.kind == "staff":
         return {"type": "hello", "protocol": PROTOCOL, "staff_id": actor.staff_id, "name": actor.name}
+    if ws is not None:
+        return await actions.do_visitor_connected(actor, *client_of(ws))
     async with transaction() as session:
         conv = await actions.open_conversation(session, actor.visitor_id)
         spot = None
@@ -351,6 +488,50 @@ async def hello_for(actor: ChatActor) -> dict:
         return {"type": "hello", "protocol": PROTOCOL, "visitor_id": actor.visitor_id,
                 "conversation": actions.conversation_out(conv, names.get(conv.assignee_id or ""), spot) if conv else None,
                 "agents_online": online}
+
+
+def client_of(ws: WebSocket) -> tuple[str, str]:
+    """(IP, user agent) of a socket; X-Forwarded-For only behind a trusted proxy."""
+    ip = rules.client_ip(ws.client.host if ws.client else "", ws.headers.get("x-forwarded-for"),
+                         get_settings().trusted_proxy)
+    return ip, ws.headers.get("user-agent", "")
+
+
+class LocalPeople:
+    """Who has sockets on this node: agents (for the presence heartbeat) and visitors (online or gone)."""
+
+    def __init__(self) -> None:
+        self.staff: dict[str, int] = {}
+        self.visitors: dict[str, int] = {}
+        self.heartbeat: asyncio.Task | None = None
+
+    def add(self, actor: ChatActor) -> None:
+        table, key = (self.staff, actor.staff_id) if actor.kind == "staff" else (self.visitors, actor.visitor_id)
+        table[key] = table.get(key, 0) + 1
+        if actor.kind == "staff" and (self.heartbeat is None or self.heartbeat.done()):
+            self.heartbeat = asyncio.get_running_loop().create_task(self._beat(), name="presence-heartbeat")
+
+    def remove(self, actor: ChatActor) -> bool:
+        """Forget one socket; True when it was the person's last on this node."""
+        table, key = (self.staff, actor.staff_id) if actor.kind == "staff" else (self.visitors, actor.visitor_id)
+        n = table.get(key, 0) - 1
+        if n > 0:
+            table[key] = n
+            return False
+        table.pop(key, None)
+        return True
+
+    async def _beat(self) -> None:
+        interval = max(0.2, min(15.0, get_settings().chat_presence_grace_s / 4))
+        while self.staff:
+            try:
+                await actions.touch_agent_sockets(list(self.staff))
+            except Exception:
+                log.warning("presence_heartbeat_failed", exc_info=True)
+            await asyncio.sleep(interval)
+
+
+people = LocalPeople()
 
 
 async def chat_socket(ws: WebSocket) -> None:
@@ -372,13 +553,21 @@ async def chat_socket(ws: WebSocket) -> None:
     conn = Connection(ws, actor)
     broker = get_broker()
     if actor.kind == "visitor":
-        broker.subscribe(conn, f"v:{actor.visitor_id}")
+        topics = [f"v:{actor.visitor_id}"]
+        if actor.store_id:
+            topics.append(f"st:{actor.store_id}")  # the store's announcements
+        broker.subscribe(conn, *topics)
     else:
         broker.subscribe(conn, f"s:{actor.staff_id}", f"m:{actor.merchant_id}")
+    people.add(actor)
     try:
         # Subscribed first, so nothing published from now on is missed; the writer starts with the
         # hello, so it is the first frame whatever was queued meanwhile.
-        hello = encode(await hello_for(actor))
+        try:
+            hello = encode(await hello_for(actor, ws))
+        except DomainError as exc:  # a blocked visitor
+            await _refuse(ws, exc.code, exc.detail)
+            return
         conn.writer = asyncio.create_task(conn.write_loop(hello), name=f"ws-writer-{conn.id}")
         while not conn.closing:
             msg = await ws.receive()
@@ -412,6 +601,14 @@ async def chat_socket(ws: WebSocket) -> None:
     finally:
         conn.closing = True
         broker.unsubscribe(conn)
+        if people.remove(actor):
+            try:
+                if actor.kind == "staff":
+                    await actions.touch_agent_sockets([actor.staff_id])  # the grace period starts now
+                else:
+                    await actions.do_visitor_left(actor.visitor_id)
+            except Exception:
+                log.warning("socket_left_not_recorded", exc_info=True)
         if conn.writer is not None and not conn.writer.done():
             conn.writer.cancel()
             try:

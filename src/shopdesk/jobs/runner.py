@@ -175,8 +175,22 @@ async def deliver_outbox(limit: int = 100, lease_s: float = 60, max_attempts: in
     return len(work)
 
 
+async def sweep_chat() -> int:
+    """Chat timers: agents whose sockets stayed gone → offline; idle chats → ended by the system. Safe on many nodes."""
+    from shopdesk.chat.actions import close_idle, sweep_presence
+
+    done = 0
+    for step in (lambda: sweep_presence(get_settings().chat_presence_grace_s), close_idle):
+        try:
+            done += await step()
+        except Exception:  # the next pass tries again
+            log.exception("chat_sweep_failed")
+    return done
+
+
 async def run_once() -> dict[str, int]:
-    return {"timers": await sweep_timers(), "refunds": await process_refunds(), "outbox": await deliver_outbox()}
+    return {"timers": await sweep_timers(), "refunds": await process_refunds(), "outbox": await deliver_outbox(),
+            "chat": await sweep_chat()}
 
 
 async def run_forever(stop: asyncio.Event, interval_s: float | None = None) -> None:

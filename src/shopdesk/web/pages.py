@@ -200,14 +200,19 @@ def end_session(response: Response, area: str) -> Response:
     return response
 
 
-async def _page_principal(request: Request, session: Any, area: str, kind: str) -> Principal:
+def page_token(request: Request, area: str) -> str | None:
+    """The API token kept in the page session cookie (the chat console hands it to its socket)."""
     raw = request.cookies.get(SESSION_COOKIES[area][0])
-    token = None
-    if raw:
-        try:
-            token = _signer("session").loads(raw)
-        except BadSignature:
-            token = None
+    if not raw:
+        return None
+    try:
+        return _signer("session").loads(raw)
+    except BadSignature:
+        return None
+
+
+async def _page_principal(request: Request, session: Any, area: str, kind: str) -> Principal:
+    token = page_token(request, area)
     principal = await resolve(session, token)
     if session.in_transaction():
         await session.rollback()  # end the read that resolved it; handlers open their own transaction
@@ -319,3 +324,6 @@ async def shop_logout(request: Request) -> Response:
 from shopdesk.aftersales.pages import router as aftersales_pages  # noqa: E402  (it uses the helpers above)
 
 router.include_router(aftersales_pages)
+from shopdesk.chat.pages import router as chat_pages  # noqa: E402
+
+router.include_router(chat_pages)

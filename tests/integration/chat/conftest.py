@@ -50,7 +50,7 @@ def free_port() -> int:
 class Server:
     """One `shopdesk serve` process on the test session's database."""
 
-    def __init__(self, name: str, **env: str) -> None:
+    def __init__(self, name: str, jobs: bool = False, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
@@ -58,7 +58,7 @@ class Server:
         self.log_path = ARTIFACTS / f"chat-server-{name}.log"
         full_env = {**os.environ, "SHOPDESK_BASE_URL": self.url, "SHOPDESK_RUN_JOBS_IN_PROCESS": "0", **env}
         command = [str(Path(sys.executable).parent / "shopdesk"), "serve", "--host", "127.0.0.1", "--port",
-                   str(self.port), "--no-jobs"]
+                   str(self.port), "--jobs" if jobs else "--no-jobs"]
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

@@ -1,6 +1,7 @@
 """The socket writer: a lost or overtaken event is filled from the database; nothing goes out twice."""
 import asyncio
 import json
+import time
 
 from shopdesk.chat.actions import (ChatActor, do_send_message, do_start_widget_session, message_frame,
                                    resolve_actor)
@@ -50,6 +51,7 @@ async def test_a_gap_is_filled_from_the_database_and_late_events_are_dropped(sho
     # given a conversation with six stored messages
     conv_id, frames = await conversation_with(shop, 6)
     conn = Connection(FakeSocket(), ChatActor("staff", "m"))
+    conn.hold_until = 0.0  # a socket open for a while: live events go out at once
 
     def ev(seq):
         return Event(("x",), frames[seq - 1], stream=conv_id, seq=seq)
@@ -60,10 +62,48 @@ async def test_a_gap_is_filled_from_the_database_and_late_events_are_dropped(sho
     assert seqs == [1, 2, 3, 4, 5, 6]
 
 
-async def test_resume_after_live_messages_sends_only_what_is_missing(shop):
-    # given a socket that already sent 4 and 5 live before the client's resume arrived
+async def test_live_messages_wait_for_the_resume_of_a_fresh_socket(shop):
+    # given a socket just opened: 4 and 5 arrive live before the client's resume
     conv_id, frames = await conversation_with(shop, 6)
     conn = Connection(FakeSocket(), ChatActor("visitor", "m"))
+
+    def ev(seq):
+        return Event(("x",), frames[seq - 1], stream=conv_id, seq=seq)
+
+    # when the client resumes after 2, and then 6 and a repeated 5 arrive live
+    seqs = await run_writer(conn, [ev(4), ev(5), ("resume", conv_id, 2), ev(6), ev(5)])
+    # then the wire carries 3..6 once each and in order: 4 and 5 waited for the resume
+    assert seqs == [3, 4, 5, 6]
+
+
+async def test_without_a_resume_held_messages_go_out_in_order_after_the_grace(shop):
+    conv_id, frames = await conversation_with(shop, 3)
+    conn = Connection(FakeSocket(), ChatActor("visitor", "m"))
+    conn.hold_until = time.monotonic() + 0.1
+
+    def ev(seq):
+        return Event(("x",), frames[seq - 1], stream=conv_id, seq=seq)
+
+    # when 2 and then 1 arrive live on a fresh socket, and the client never resumes
+    for item in (ev(2), ev(1)):
+        conn.queue.put_nowait(item)
+    task = asyncio.create_task(conn.write_loop())
+    await asyncio.sleep(0.05)
+    assert conn.ws.sent == []  # still waiting for a resume
+    for _ in range(100):
+        if len(conn.ws.sent) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    # then after the grace they go out once each, in seq order
+    assert [f["message"]["seq"] for f in conn.ws.sent] == [1, 2]
+
+
+async def test_resume_after_live_messages_sends_only_what_is_missing(shop):
+    # given a socket open for a while that already sent 4 and 5 live before the client's resume arrived
+    conv_id, frames = await conversation_with(shop, 6)
+    conn = Connection(FakeSocket(), ChatActor("visitor", "m"))
+    conn.hold_until = 0.0
 
     def ev(seq):
         return Event(("x",), frames[seq - 1], stream=conv_id, seq=seq)

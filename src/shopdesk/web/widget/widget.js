@@ -31,7 +31,7 @@
          product: "咨询商品", order: "咨询订单", sendCard: "发送", image: "图片", emoji: "表情",
          tooBig: "图片不能超过 5 MB", notImage: "只能发送 JPG、PNG 或 WebP 图片", video: "视频通话",
          calling: "正在呼叫客服…", callDeclined: "客服暂时无法接听视频", callEnded: "视频通话已结束", hangup: "挂断",
-         newChat: "新的咨询", minutes: "{n} 分钟", seconds: "{n} 秒", you: "我", agent: "客服", system: "系统"},
+         newChat: "新的咨询", blocked: "暂时无法使用在线客服", minutes: "{n} 分钟", seconds: "{n} 秒", you: "我", agent: "客服", system: "系统"},
     en: {title: "Chat with us", placeholder: "Type a message, Enter to send", send: "Send", close: "Close",
          open: "Chat", queued: "In queue: {n} ahead of you, about {eta}", assigned: "{name} is helping you",
          bot: "Our assistant is helping you", ended: "The chat has ended",
@@ -44,7 +44,7 @@
          sendCard: "Send", image: "Image", emoji: "Emoji", tooBig: "Images up to 5 MB",
          notImage: "JPG, PNG or WebP images only", video: "Video call", calling: "Calling an agent…",
          callDeclined: "The agent cannot take a video call now", callEnded: "The video call has ended",
-         hangup: "Hang up", newChat: "New chat", minutes: "{n} min", seconds: "{n} s", you: "Me", agent: "Agent",
+         hangup: "Hang up", newChat: "New chat", blocked: "Chat is not available", minutes: "{n} min", seconds: "{n} s", you: "Me", agent: "Agent",
          system: "System"}
   }[lang];
   var EMOJI = "😀 😂 😊 😍 🤔 😢 😡 👍 👎 🙏 👌 🎉 ❤️ 📦 🚚 💰 ❓ ✅".split(" ");
@@ -162,6 +162,7 @@
   var emojiBtn = iconButton("emoji", T.emoji);
   var imageBtn = iconButton("image", T.image);
   var videoBtn = iconButton("video", T.video);
+  videoBtn.hidden = true;
   videoBtn.setAttribute("data-testid", "chat-video");
   var fileInput = el("input");
   fileInput.type = "file";
@@ -246,6 +247,7 @@
     else if (c.status === "offline") setStatus(T.offline, "offline");
     else if (c.status === "ended") setStatus(T.ended);
     statusLine.setAttribute("data-status", c.status);
+    videoBtn.hidden = c.status !== "assigned"; // a call needs an agent holding the chat
     if (c.status === "queued") statusLine.setAttribute("data-position", String(c.queue_position || ""));
     else statusLine.removeAttribute("data-position");
     if (c.status === "offline" && !state.contact) showContactForm(true);
@@ -585,8 +587,13 @@
     if (opts.merchant) body.merchant = opts.merchant;
     if (state.visitorId) body.visitor_id = state.visitorId;
     if (window.ShopDeskIdentity) body.identity = window.ShopDeskIdentity;
+    if (document.referrer) body.referrer = document.referrer.slice(0, 2000);
     return fetch(base + "/api/v1/widget/sessions", {method: "POST", headers: {"content-type": "application/json"}, body: JSON.stringify(body)})
-      .then(function (r) { if (!r.ok) throw new Error("session " + r.status); return r.json(); })
+      .then(function (r) {
+        if (r.status === 403) state.blocked = true; // blocked by the shop: stop trying
+        if (!r.ok) throw new Error("session " + r.status);
+        return r.json();
+      })
       .then(function (s) {
         state.visitorId = s.visitor_id;
         state.token = s.token;
@@ -594,7 +601,7 @@
       });
   }
   function connect() {
-    if (state.ws) return;
+    if (state.ws || state.blocked) return;
     var ready = state.token ? Promise.resolve() : startSession();
     ready.then(function () {
       var ws = state.ws = new WebSocket(wsBase + "/ws?v=1&token=" + encodeURIComponent(state.token));
@@ -603,11 +610,13 @@
         state.ws = null;
         state.connected = false;
         if (ev.code === 4401 || ev.code === 1008) state.token = null; // a new session on the next try
+        if (state.blocked) return;
         state.retry += 1;
         showConversation();
         setTimeout(connect, Math.min(30000, 500 * Math.pow(2, Math.min(state.retry, 6))) * (0.5 + Math.random() / 2));
       };
     }).catch(function () {
+      if (state.blocked) return setStatus(T.blocked, "warn");
       state.retry += 1;
       state.connected = false;
       showConversation();
@@ -675,7 +684,14 @@
       case "announcement":
         showSystem(f.text);
         break;
+      case "invitation":
+        // An agent invites this visitor (proactive chat): open the panel; the agent's message follows.
+        if (f.conversation_id) applyConversation({id: f.conversation_id});
+        showOpen(true);
+        break;
       case "error":
+        if (f.code === "blocked") { state.blocked = true; setStatus(f.detail, "warn"); break; }
+        if (f.code === "no_agent" && state.call) { endCall(false, T.callDeclined); break; }
         if (f.client_msg_id && state.pending[f.client_msg_id]) {
           delete state.pending[f.client_msg_id];
           save("pending", state.pending);
