@@ -196,3 +196,39 @@ async def test_a_video_call_connects(browsers, live_shop):
         timeout=15_000)
     await snap(agent, "chat_video_agent")
     await expect(pane.get_by_test_id("agent-log")).to_contain_text("破损")
+
+
+async def test_an_agent_opens_a_case_for_the_shopper_from_the_chat(browsers, live_shop):
+    from tests.e2e.conftest import live_order
+
+    # Given a logged-in shopper (the shop signs their id) chatting about an order
+    order = await live_order(live_shop)
+    agent = await console(browsers, live_shop)
+    shopper = await browsers.page()
+    await shopper.goto(f"/demo/shop/{live_shop.slug}/main?login={order['external_id']}")
+    await shopper.get_by_test_id("chat-open").click()
+    await shopper_says(shopper, f"订单 {order['order_no']} 的耳机坏了，想退货")
+    await open_chat(agent)
+    card = agent.get_by_test_id("customer-card")
+    await expect(card).to_contain_text(order["order_no"])
+
+    # When the agent opens a case from the customer card, filled in for this order
+    async with agent.context.expect_page() as opened:
+        await card.get_by_test_id("open-case").first.click()
+    form = await opened.value
+    await form.wait_for_load_state()
+    line_a = next(ln["id"] for ln in order["lines"] if ln["sku"] == "A")
+    await form.check(f"input[name=line][value='{line_a}']")
+    await form.check("input[name=type][value=return_refund]")
+    await form.select_option("#reason", "no_reason_7d")
+    await expect(form.get_by_test_id("quote")).to_contain_text("¥")
+    await snap(form, "chat_open_case_console_zh")
+    await form.get_by_test_id("submit").click()
+    await form.wait_for_url("**/console/cases/*")
+    case_no = (await form.locator("h1").inner_text()).strip()
+
+    # Then the case exists for the shopper, and the chat tells them its number
+    assert "AS" in case_no
+    await expect(shopper.get_by_test_id("chat-log")).to_contain_text("客服已为您提交售后申请 AS")
+    r = await live_shop.get(f"/aftersales?q={order['order_no']}")
+    assert r.json()["items"][0]["customer_id"] == order["customer_id"]

@@ -8,6 +8,7 @@ import re
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import quote_plus
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -516,6 +517,72 @@ async def confirm_refund(refund_no: str, request: Request, session: DbSession, p
 
 
 # ---- console: settings -------------------------------------------------------------------------------
+
+# ---- console: a case opened by an agent for the shopper (from a chat) --------------------------------
+
+def _console_apply_form(order: Order, conversation_id: str, line: str = "") -> dict:
+    suffix = f"?conversation_id={quote_plus(conversation_id)}" if conversation_id else ""
+    chosen = {line: 1} if any(ln.id == line for ln in order.lines) else {}
+    return {"type": "return_refund" if order.shipments else "refund_only", "reason": "", "lines": chosen,
+            "description": "", "photo_ids": [], "amount": "", "exchange_sku": "",
+            "action": f"/console/orders/{order.id}/apply{suffix}", "quote_url": f"/console/orders/{order.id}/quote",
+            "back": "/console/chat" if conversation_id else "/console/cases", "case_prefix": "/console/cases/",
+            "upload_url": "/console/uploads"}
+
+
+@router.get("/console/orders/{order_id}/apply")
+async def console_apply_form(order_id: str, request: Request, session: DbSession, principal: StaffPage,
+                             conversation_id: str = "", line: str = "") -> Response:
+    """The application form, filled in by an agent for the shopper (the customer card's 'open a case')."""
+    order = await access_order(session, principal, order_id)
+    form = _console_apply_form(order, conversation_id, line)
+    context = await _apply_context(session, principal, order, form)
+    return render(request, "shopper/apply.html", {**context, "photo_base": "/console/uploads/"})
+
+
+@router.post("/console/orders/{order_id}/quote")
+async def console_apply_quote(order_id: str, request: Request, session: DbSession, principal: StaffPage) -> Response:
+    return await _quote_fragment(request, session, principal, order_id)
+
+
+@router.post("/console/orders/{order_id}/apply")
+async def console_apply(order_id: str, request: Request, session: DbSession, principal: StaffPage,
+                        conversation_id: str = "") -> Response:
+    from shopdesk.chat.actions import actor_from_principal, do_system_message
+
+    body = _case_body(await request.form(), order_id)
+    async with session.begin():
+        case = await actions.do_create_case(session, principal, body)
+        case_id, case_no = case.id, case.case_no
+    if conversation_id:
+        # The shopper hears about it in the chat they are in; their case page has the details.
+        await do_system_message(actor_from_principal(principal), conversation_id,
+                                f"客服已为您提交售后申请 {case_no}，进度可在“我的售后”中查看。")
+    return go(request, f"/console/cases/{case_id}")
+
+
+@router.post("/console/uploads")
+async def console_upload_photos(request: Request, session: DbSession, principal: StaffPage) -> Response:
+    """Photos an agent adds to a case opened for the shopper (checked by content like the shopper's)."""
+    form = await request.form()
+    files = [f for f in form.getlist("file") if isinstance(f, UploadFile) and f.filename]
+    if not files:
+        raise ValidationFailed("choose an image", field="file")
+    limit = storage.get_settings().upload_max_bytes
+    async with session.begin():
+        uploads = [await actions.do_save_upload(session, principal, await f.read(limit + 1)) for f in files[:9]]
+    return render(request, "shopper/apply.html", {"photos": [u.id for u in uploads], "photo_base": "/console/uploads/"},
+                  block="photos_added", headers={"HX-Trigger-After-Settle": "photos-changed"})
+
+
+@router.get("/console/uploads/{upload_id}")
+async def console_upload(upload_id: str, session: DbSession, principal: StaffPage) -> Response:
+    item = await session.get(Upload, upload_id)
+    if item is None or item.merchant_id != principal.merchant_id:
+        raise NotFound("no such photo")
+    return FileResponse(storage.open_path(item.path), media_type=item.content_type,
+                        headers={"Cache-Control": "private, max-age=3600"})
+
 
 @router.get("/console/settings")
 async def settings_page(request: Request, session: DbSession, principal: StaffPage, saved: str = "") -> Response:

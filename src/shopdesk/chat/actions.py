@@ -711,6 +711,18 @@ async def _system_message(session: AsyncSession, conv: Conversation, text: str, 
                                 message_frame(message), stream=conv.id, seq=message.seq))
 
 
+async def do_system_message(actor: ChatActor, conversation_id: str, text: str) -> None:
+    """Tell both sides of an open chat what the desk did for the shopper (e.g. a case opened from the chat)."""
+    actor.require_staff()
+    outcome = Outcome()
+    async with transaction() as session:
+        conv = await access_conversation(session, actor, conversation_id)
+        if conv.status == "ended":
+            return
+        await _system_message(session, conv, text, outcome)
+    await outcome.publish()
+
+
 async def do_end(actor: ChatActor, conversation_id: str) -> dict:
     """End a chat (staff or its shopper); the freed seat goes to the oldest queued chat at once."""
     if actor.kind == "merchant_key":

@@ -369,3 +369,29 @@ async def test_unknown_page_is_an_html_404_and_unknown_api_path_a_problem(client
     assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
     api = await client.get("/api/v1/no-such-thing")
     assert api.status_code == 404 and api.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_an_agent_opens_a_case_for_the_shopper_and_only_for_their_own_merchant(client, shop, other_shop):
+    order = await shop.order()
+    # another merchant's agent gets 404 for the form, the quote and the submission
+    token = await staff_login(client, other_shop.agent_email, "agent-pass-1")
+    assert (await client.get(f"/console/orders/{order['id']}/apply")).status_code == 404
+    form = {"line": line_id(order, "A"), "type": "return_refund", "reason": "no_reason_7d", "csrf_token": token}
+    assert (await client.post(f"/console/orders/{order['id']}/apply", data=form)).status_code == 404
+    # the shop's own agent fills the form in (photos upload into the console, shown only to the merchant)
+    token = await staff_login(client, shop.agent_email, "agent-pass-1")
+    page = await client.get(f"/console/orders/{order['id']}/apply")
+    assert page.status_code == 200 and 'action="/console/orders/' in page.text
+    r = await client.post("/console/uploads", headers=hx(token), files={"file": ("a.png", PNG, "image/png")})
+    photo = re.search(r'name="photo_ids" value="([^"]+)"', r.text).group(1)
+    assert f'src="/console/uploads/{photo}"' in r.text
+    assert (await client.get(f"/console/uploads/{photo}")).content == PNG
+    r = await client.post(f"/console/orders/{order['id']}/apply", data={**form, "csrf_token": token,
+                                                                        "photo_ids": photo})
+    assert r.status_code == 303 and r.headers["location"].startswith("/console/cases/")
+    case = (await shop.get(r.headers["location"].replace("/console/cases/", "/aftersales/"))).json()
+    assert case["customer_id"] == order["customer_id"] and case["photo_ids"] == [photo]
+    assert case["events"][0]["actor"] == "agent"
+    # and the other merchant's staff cannot see the photo
+    await staff_login(client, other_shop.agent_email, "agent-pass-1")
+    assert (await client.get(f"/console/uploads/{photo}")).status_code == 404

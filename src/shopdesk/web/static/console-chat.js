@@ -779,8 +779,8 @@
         li.appendChild(el("span", {class: "mono"}, o.order_no));
         li.appendChild(el("span", null, (ORDER_STATUS[o.status] || o.status) + " · " + yuan(o.paid_total_fen)));
         li.appendChild(button(t("send_card"), {class: "linklike small"}, function () { sendMessage(pane, {card: {type: "order", order_no: o.order_no}}); }));
-        // No console page creates a case yet: this opens the case queue filtered by the order.
-        var link = el("a", {href: "/console/cases?group=&q=" + encodeURIComponent(o.order_no), target: "_blank", class: "small", testid: "open-case"}, t("open_case"));
+        // The application form, filled in by the agent for this shopper; the chat hears the case number.
+        var link = el("a", {href: "/console/orders/" + encodeURIComponent(o.id) + "/apply?conversation_id=" + encodeURIComponent(pane.id), target: "_blank", class: "small", testid: "open-case"}, t("open_case"));
         li.appendChild(link);
         ordersSec.appendChild(li);
       });
