@@ -169,8 +169,11 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     # X-Forwarded-For is believed only when SHOPDESK_TRUSTED_PROXY says a proxy we trust sits in front
     # (uvicorn would otherwise trust it from 127.0.0.1, which anyone on the box can spoof).
     trusted = get_settings().trusted_proxy
+    # Pings: a busy server reads a healthy client's pong late; with uvicorn's 20 s timeout such clients were
+    # closed (1011) under load and all reconnected at once (bench/README.md). 60 s still finds dead peers.
     uvicorn.run("shopdesk.main:create_app", factory=True, host=host, port=port, log_level="warning",
                 ws="websockets-sansio" if sys.version_info >= (3, 10) else "auto", ws_max_size=1024 * 1024,
+                ws_ping_interval=20.0, ws_ping_timeout=60.0,
                 proxy_headers=trusted, forwarded_allow_ips="*" if trusted else None)
 
 
