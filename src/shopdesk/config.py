@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     chat_visitor_messages_per_minute: int = 120
     # An agent whose last socket (on every node) has been closed this long becomes offline.
     chat_presence_grace_s: float = 60.0
+    # The chat's answerer when a merchant turns bot_first on: `module:callable` (docs/chat.md), registered at
+    # startup; empty: the built-in one, which greets and hands every chat to a person.
+    chat_bot: str = ""
+    # How long the answerer may think about one message before a person takes over.
+    chat_bot_timeout_s: float = 3.0
     # Take the visitor's IP from X-Forwarded-For (the left-most address): only behind a proxy we trust.
     trusted_proxy: bool = False
     base_url: str = "http://127.0.0.1:8000"

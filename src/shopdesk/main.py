@@ -72,6 +72,10 @@ def install_error_handlers(app: FastAPI) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     get_engine()
+    if settings.chat_bot:
+        from shopdesk.chat.bot import load_answerer
+
+        load_answerer(settings.chat_bot)
     from shopdesk.core.pubsub import close_broker, start_broker
 
     await start_broker()

@@ -20,9 +20,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from shopdesk.accounts.auth import Principal
 from shopdesk.accounts.models import Merchant, Staff, Store
-from shopdesk.chat import routing, rules
+from shopdesk.chat import bot, routing, rules
 from shopdesk.chat.models import (MAX_CAPACITY, PRESENCE, AgentPresence, ChatAttachment, ChatBlock, ChatDesk,
                                   ChatMessage, ChatParticipant, ChatVisitor, Conversation)
+from shopdesk.config import get_settings
 from shopdesk.core import storage
 from shopdesk.core.audit import record
 from shopdesk.core.iplocation import locate
@@ -360,7 +361,10 @@ async def _earlier(session: AsyncSession, actor: ChatActor, client_msg_id: str,
 
 
 async def _new_conversation(session: AsyncSession, actor: ChatActor, outcome: Outcome) -> Conversation:
-    """Open a visitor's conversation and route it, under the routing lock (twice-checked: tabs race)."""
+    """Open a visitor's conversation and route it (or give it to the bot first), under the routing lock.
+
+    Twice-checked: two tabs race to open it.
+    """
     await routing.lock_routing(session, actor.merchant_id)
     conv = await open_conversation(session, actor.visitor_id)
     if conv is not None:
@@ -374,7 +378,10 @@ async def _new_conversation(session: AsyncSession, actor: ChatActor, outcome: Ou
                         customer_id=visitor.customer_id, desk_id=desk.id if desk else None, status="queued",
                         last_seq=0, visitor_read_seq=0, agent_read_seq=0, created_at=at, updated_at=at)
     session.add(conv)
-    await routing.place(session, conv, visitor, at)
+    if chat_settings(await session.get(Merchant, visitor.merchant_id))["bot_first"]:
+        conv.status = "bot"  # routed when the bot hands off (do_bot_turn) or an agent writes (_claim)
+    else:
+        await routing.place(session, conv, visitor, at)
     await session.flush()
     outcome.events += await conversation_events(session, conv.merchant_id, [conv], requeued=False)
     return conv
@@ -539,6 +546,7 @@ async def do_send_message(actor: ChatActor, *, client_msg_id: str, text: str | N
         raise ValidationFailed("mentions belong in a private note", field="mentions")
     for attempt in (1, 2):
         outcome = Outcome()
+        bot_turn = False
         try:
             async with transaction() as session:
                 earlier = await _earlier(session, actor, client_msg_id, conversation_id)
@@ -570,6 +578,7 @@ async def do_send_message(actor: ChatActor, *, client_msg_id: str, text: str | N
                                         mentions=[m for m, _ in mentioned] or None)
                 if via == "email":
                     await _enqueue_reply_email(session, conv, message, email_subject)
+                bot_turn = actor.kind == "visitor" and conv.status == "bot"
                 participants = await participant_ids(session, conv.id)
                 for staff_id, _name in mentioned:
                     if staff_id not in participants and staff_id != conv.assignee_id:
@@ -594,6 +603,9 @@ async def do_send_message(actor: ChatActor, *, client_msg_id: str, text: str | N
         if on_stored is not None:
             on_stored(ack)  # the sender hears "stored" before anyone hears the message
         await outcome.publish()
+        if bot_turn:  # after the commit, outside the sender's way: the answer follows as its own message
+            conv_id, message_id = message.conversation_id, message.id
+            bot.start_turn(conv_id, lambda: do_bot_turn(conv_id, message_id))
         return Sent(ack, message, outcome)
     raise AssertionError("unreachable")
 
@@ -636,6 +648,68 @@ async def do_reply_by_email(actor: ChatActor, conversation_id: str, *, text: str
     actor.require_agent()
     return await do_send_message(actor, client_msg_id=client_msg_id or f"email-{secrets.token_hex(8)}", text=text,
                                  conversation_id=conversation_id, via="email", email_subject=subject)
+
+
+# --- the bot answers first (bot_first) ------------------------------------------------------------
+
+async def do_bot_turn(conversation_id: str, message_id: str) -> None:
+    """The bot answers a visitor's message in a `bot` chat; a handoff routes the chat as a new one would be.
+
+    Three steps, so the answerer never runs inside a transaction: read the context; ask the answerer
+    (`bot.answer`: time-limited, a failure is a handoff); store the reply and route, under the routing
+    lock and the conversation's. A chat an agent took, or that ended, while the bot thought gets no reply.
+    """
+    async with transaction() as session:
+        conv = await session.get(Conversation, conversation_id)
+        message = await session.get(ChatMessage, message_id)
+        if conv is None or message is None or conv.status != "bot":
+            return
+        settings = chat_settings(await session.get(Merchant, conv.merchant_id))
+        store_code = (await session.execute(select(Store.code).where(Store.id == conv.store_id))).scalar_one()
+        rows = (await session.execute(select(ChatMessage.seq, ChatMessage.sender_type, ChatMessage.text).where(
+            ChatMessage.conversation_id == conv.id, ChatMessage.private.is_(False), ChatMessage.seq <= message.seq)
+            .order_by(ChatMessage.seq.desc()).limit(bot.HISTORY))).all()
+        context = bot.BotContext(
+            merchant_id=conv.merchant_id, store_id=conv.store_id, store_code=store_code, conversation_id=conv.id,
+            visitor_id=conv.visitor_id, customer_id=conv.customer_id, text=message.text,
+            history=tuple(bot.HistoryLine(r.seq, r.sender_type, r.text) for r in reversed(rows)),
+            agents_online=bool(await routing.online_pool(session, conv.merchant_id)))
+    if settings["bot_first"]:
+        reply = await bot.answer(context, get_settings().chat_bot_timeout_s)
+    else:
+        reply = bot.BotReply("", handoff=True)  # the merchant turned the bot off meanwhile: straight to a person
+    outcome = Outcome()
+    async with transaction() as session:
+        if reply.handoff:
+            await routing.lock_routing(session, context.merchant_id)
+        conv = (await session.execute(select(Conversation).where(Conversation.id == conversation_id)
+                                      .with_for_update().execution_options(populate_existing=True))).scalar_one()
+        if conv.status != "bot":
+            return
+        card = None
+        if reply.card:
+            # The bot shows what the visitor could: the catalogue, and only their own orders.
+            as_visitor = ChatActor("visitor", conv.merchant_id, visitor_id=conv.visitor_id, store_id=conv.store_id,
+                                   customer_id=conv.customer_id)
+            try:
+                card = await resolve_card(session, as_visitor, conv, reply.card)
+            except (NotFound, ValidationFailed) as exc:
+                bot.log.warning("chat_bot_card_refused", conversation_id=conv.id, detail=exc.detail)
+        text = reply.text[:MAX_TEXT]
+        if text.strip() or card:
+            answer = await _append(session, conv, sender_type="bot", sender_id=None, sender_name=settings["bot_name"],
+                                   text=text, card=card, client_msg_id=f"bot:{message_id}")
+            topics = topics_for_message(conv.id, conv.visitor_id, conv.assignee_id, conv.merchant_id,
+                                        await participant_ids(session, conv.id))
+            outcome.events.append(Event(topics, message_frame(answer), stream=conv.id, seq=answer.seq))
+        if reply.handoff:
+            visitor = await session.get(ChatVisitor, conv.visitor_id)
+            await routing.place(session, conv, visitor, now())
+            await session.flush()
+            outcome.events += await conversation_events(session, conv.merchant_id, [conv], requeued=False)
+            record(session, merchant_id=conv.merchant_id, actor_type="system", actor_id=None,
+                   action="chat.bot_handoff", object_type="conversation", object_id=conv.id, data={"status": conv.status})
+    await outcome.publish()
 
 
 # --- reading, typing ----------------------------------------------------------------------------
@@ -1098,19 +1172,28 @@ async def sweep_presence(grace_s: float, limit: int = 200) -> int:
 
 def chat_settings(merchant: Merchant | None) -> dict:
     stored = ((merchant.settings if merchant else None) or {}).get("chat", {})
-    return {"idle_close_minutes": int(stored.get("idle_close_minutes", DEFAULT_IDLE_MINUTES))}
+    return {"idle_close_minutes": int(stored.get("idle_close_minutes", DEFAULT_IDLE_MINUTES)),
+            "bot_first": bool(stored.get("bot_first", False)),
+            "bot_name": stored.get("bot_name") or bot.DEFAULT_BOT_NAME}
 
 
-async def do_save_chat_settings(actor: ChatActor, *, idle_close_minutes: int) -> dict:
+async def do_save_chat_settings(actor: ChatActor, *, idle_close_minutes: int | None = None,
+                                bot_first: bool | None = None, bot_name: str | None = None) -> dict:
+    """Change the merchant's chat settings (admin or supervisor); what is left out stays as it is."""
     staff_id = require_manager(actor)
+    changes: dict[str, Any] = {"idle_close_minutes": idle_close_minutes, "bot_first": bot_first}
+    if bot_name is not None:
+        changes["bot_name"] = bot_name.strip()
+        if not changes["bot_name"]:
+            raise ValidationFailed("the bot needs a name", field="bot_name")
+    changes = {k: v for k, v in changes.items() if v is not None}
     async with transaction() as session:
         merchant = await session.get(Merchant, actor.merchant_id, with_for_update=True)
         settings = dict(merchant.settings or {})
-        settings["chat"] = {**settings.get("chat", {}), "idle_close_minutes": idle_close_minutes}
+        settings["chat"] = {**settings.get("chat", {}), **changes}
         merchant.settings = settings
         record(session, merchant_id=actor.merchant_id, actor_type="agent", actor_id=staff_id,
-               action="chat.settings", object_type="merchant", object_id=actor.merchant_id,
-               data={"idle_close_minutes": idle_close_minutes})
+               action="chat.settings", object_type="merchant", object_id=actor.merchant_id, data=changes)
         return chat_settings(merchant)
 
 

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import func, select
 
 from shopdesk.accounts.models import Merchant, Staff
@@ -298,7 +298,12 @@ async def announce(body: AnnouncementIn, actor: Caller) -> dict:
 
 
 class ChatSettingsIn(Strict):
-    idle_close_minutes: int = Field(ge=0, le=24 * 60)  # 0: never close idle chats
+    """Each field is optional: what is left out keeps its value."""
+
+    idle_close_minutes: int | None = Field(default=None, ge=0, le=24 * 60)  # 0: never close idle chats
+    # A visitor's new chat goes to the bot (chat/bot.py) before routing; true or false, nothing else.
+    bot_first: StrictBool | None = None
+    bot_name: str | None = Field(default=None, min_length=1, max_length=50)
 
 
 @router.get("/chat/settings")
@@ -309,7 +314,8 @@ async def get_chat_settings(session: DbSession, actor: Caller) -> dict:
 
 @router.put("/chat/settings")
 async def put_chat_settings(body: ChatSettingsIn, actor: Caller) -> dict:
-    return await actions.do_save_chat_settings(actor, idle_close_minutes=body.idle_close_minutes)
+    return await actions.do_save_chat_settings(actor, idle_close_minutes=body.idle_close_minutes,
+                                               bot_first=body.bot_first, bot_name=body.bot_name)
 
 
 class BlockIn(Strict):

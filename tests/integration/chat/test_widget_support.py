@@ -281,7 +281,7 @@ async def test_idle_chats_end_by_themselves_with_a_system_message(jobs_server, a
     async with httpx.AsyncClient(base_url=jobs_server.url, timeout=30) as local:
         shop = await make_shop(local)
         r = await local.put("/api/v1/chat/settings", json={"idle_close_minutes": 1}, headers=auth(shop.admin_token))
-        assert r.status_code == 200 and r.json() == {"idle_close_minutes": 1}
+        assert r.status_code == 200 and r.json()["idle_close_minutes"] == 1
         r = await local.put("/api/v1/chat/settings", json={"idle_close_minutes": 1}, headers=auth(shop.agent_token))
         assert r.status_code == 403
         r = await local.put("/api/v1/chat/settings", json={"idle_close_minutes": -1}, headers=auth(shop.admin_token))
