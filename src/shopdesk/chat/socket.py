@@ -37,9 +37,12 @@ QUEUE_MAX = 2000  # frames waiting for a slow socket before it is closed (its cl
 BUCKET_RATE, BUCKET_BURST = 10.0, 30  # frames per second, per connection
 STRIKES_MAX, STRIKE_WINDOW_S = 10, 60.0  # error frames before the socket is closed with 1008
 ASSIGNEE_TTL_S = 5.0
-# After hello, live messages of a conversation this socket has not synced yet wait this long for the
-# client's `resume`. Without the wait a reconnecting client could get seq 119 live and then 117–118 from
-# its resume: each once, but out of order on the wire. A resume ends the wait for its conversation.
+# Live messages of a conversation a fresh socket has not synced yet wait until the client has resumed it,
+# or has sent a frame other than `resume` (clients resume first), or until this long after hello. Without
+# the wait a reconnecting client could get seq 119 live and then 117–118 from its resume: each once, but
+# out of order on the wire. The wait ends by a frame or by a timer on the event loop, never by comparing
+# clocks: on a saturated server the loop runs late, and the client's resume, which arrived before the
+# timer was due, is then still handled first.
 RESUME_GRACE_S = 0.5
 # Errors about the conversation's state, not the client's behaviour: they do not count as abuse.
 BENIGN = {"conversation_ended", "illegal_transition", "internal_error"}
@@ -165,8 +168,10 @@ class Connection:
         self.closing = False
         self.writer: asyncio.Task | None = None
         self.ref: str | None = None  # the client_msg_id of the frame being handled, echoed in its errors
-        self.hold_until = time.monotonic() + RESUME_GRACE_S
+        self.holding = True  # until the client is past its resumes, or the grace after hello ends
         self.held: dict[str, list[tuple[int, str]]] = {}  # conversation id → live (seq, frame) waiting for a resume
+        self.resuming: set[str] = set()  # resumes read from the client but not yet replayed by the writer
+        self.frame_kind: Any = None  # the type of the frame being handled
 
     # -- broker side --------------------------------------------------------------------------
     def deliver(self, event: Event) -> None:
@@ -229,6 +234,8 @@ class Connection:
         try:
             if first is not None:
                 await ws.send_text(first)
+                # The client answers hello with its resumes: the grace runs from here, however long hello took.
+                self.start_grace(RESUME_GRACE_S)
             while True:
                 item = await self.queue.get()
                 if isinstance(item, Event):
@@ -258,9 +265,7 @@ class Connection:
 
     async def _send_in_order(self, stream: str, seq: int, frame: str) -> None:
         rng = self.sent.get(stream)
-        if rng is None and time.monotonic() < self.hold_until:
-            if not self.held:
-                asyncio.get_running_loop().call_later(self.hold_until - time.monotonic() + 0.01, self._release_soon)
+        if rng is None and (self.holding or stream in self.resuming):
             self.held.setdefault(stream, []).append((seq, frame))
             return
         if rng is None and stream in self.held:
@@ -291,6 +296,14 @@ class Connection:
         elif seq == lo - 1:
             rng[0] = seq
 
+    def start_grace(self, seconds: float) -> None:
+        asyncio.get_running_loop().call_later(seconds, self._release_soon)
+
+    def first_heard(self) -> None:
+        """The client is past its resumes (those are registered by now): let waiting messages go."""
+        if self.holding:
+            self._release_soon()
+
     def _release_soon(self) -> None:
         if not self.closing:
             try:
@@ -300,8 +313,10 @@ class Connection:
 
     async def _release_held(self) -> None:
         """No resume came for these conversations within the grace: send what waited, in seq order."""
-        self.hold_until = 0.0
-        held, self.held = self.held, {}
+        self.holding = False
+        # A conversation whose resume is on its way keeps waiting: the replay sends it all, in order.
+        held = {k: v for k, v in self.held.items() if k not in self.resuming}
+        self.held = {k: v for k, v in self.held.items() if k in self.resuming}
         for stream, items in held.items():
             for seq, frame in sorted(items):
                 await self._send_in_order(stream, seq, frame)
@@ -316,6 +331,7 @@ class Connection:
         # What waited for this resume is in the database (events are published after commit): the
         # replay below sends it in order with the rest.
         self.held.pop(conversation_id, None)
+        self.resuming.discard(conversation_id)
         rng = self.sent.get(conversation_id)
         start = last = after_seq
         while True:
@@ -366,6 +382,7 @@ class Connection:
         ref = data.get("client_msg_id")
         self.ref = ref if isinstance(ref, str) and len(ref) <= 64 else None
         kind = data.get("type")
+        self.frame_kind = kind
         if not isinstance(kind, str):
             raise FrameError("bad_frame", "type is required", "type")
         schema = SCHEMAS.get(kind)
@@ -404,7 +421,15 @@ class Connection:
         await actions.do_mark_read(self.actor, f.conversation_id, f.seq, skip=self.id)
 
     async def on_resume(self, f: ResumeIn) -> None:
-        await self.conversation(f.conversation_id)
+        # From the moment the resume is read, live messages of this conversation wait for its replay, however
+        # long the access check below takes (the grace after hello alone was too short on a busy SQLite).
+        self.resuming.add(f.conversation_id)
+        try:
+            await self.conversation(f.conversation_id)
+        except BaseException:
+            self.resuming.discard(f.conversation_id)
+            self._release_soon()
+            raise
         if self.actor.is_staff_side:
             get_broker().subscribe(self, f"c:{f.conversation_id}")  # an agent who opens a chat watches it
         try:
@@ -435,10 +460,17 @@ class Connection:
     async def on_room_resume(self, f: RoomResumeIn) -> None:
         if self.actor.kind != "staff":
             raise FrameError("forbidden", "the internal channel is for staff", "type")
-        async with transaction() as session:
-            await rooms.access_room(session, self.actor, f.room_id)
+        stream = f"room:{f.room_id}"
+        self.resuming.add(stream)  # as for conversations: live room messages wait for this replay
         try:
-            self.queue.put_nowait(("resume", f"room:{f.room_id}", f.after_seq))
+            async with transaction() as session:
+                await rooms.access_room(session, self.actor, f.room_id)
+        except BaseException:
+            self.resuming.discard(stream)
+            self._release_soon()
+            raise
+        try:
+            self.queue.put_nowait(("resume", stream, f.after_seq))
         except asyncio.QueueFull:
             self.drop(1013, "too slow: reconnect and resume")
 
@@ -596,6 +628,11 @@ async def chat_socket(ws: WebSocket) -> None:
             except Exception:
                 log.exception("socket_frame_failed", connection=conn.id)
                 conn.error("internal_error", "something went wrong on our side; it is logged", ref=conn.ref)
+            finally:
+                # A client resumes first and then goes on (resends, pings): its first other frame ends the wait.
+                if conn.frame_kind not in ("resume", "room.resume"):
+                    conn.first_heard()
+                conn.frame_kind = None
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:

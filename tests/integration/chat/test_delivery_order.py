@@ -1,7 +1,6 @@
 """The socket writer: a lost or overtaken event is filled from the database; nothing goes out twice."""
 import asyncio
 import json
-import time
 
 from shopdesk.chat.actions import (ChatActor, do_send_message, do_start_widget_session, message_frame,
                                    resolve_actor)
@@ -51,7 +50,7 @@ async def test_a_gap_is_filled_from_the_database_and_late_events_are_dropped(sho
     # given a conversation with six stored messages
     conv_id, frames = await conversation_with(shop, 6)
     conn = Connection(FakeSocket(), ChatActor("staff", "m"))
-    conn.hold_until = 0.0  # a socket open for a while: live events go out at once
+    conn.holding = False  # a socket open for a while: live events go out at once
 
     def ev(seq):
         return Event(("x",), frames[seq - 1], stream=conv_id, seq=seq)
@@ -79,7 +78,7 @@ async def test_live_messages_wait_for_the_resume_of_a_fresh_socket(shop):
 async def test_without_a_resume_held_messages_go_out_in_order_after_the_grace(shop):
     conv_id, frames = await conversation_with(shop, 3)
     conn = Connection(FakeSocket(), ChatActor("visitor", "m"))
-    conn.hold_until = time.monotonic() + 0.1
+    conn.start_grace(0.1)
 
     def ev(seq):
         return Event(("x",), frames[seq - 1], stream=conv_id, seq=seq)
@@ -103,7 +102,7 @@ async def test_resume_after_live_messages_sends_only_what_is_missing(shop):
     # given a socket open for a while that already sent 4 and 5 live before the client's resume arrived
     conv_id, frames = await conversation_with(shop, 6)
     conn = Connection(FakeSocket(), ChatActor("visitor", "m"))
-    conn.hold_until = 0.0
+    conn.holding = False
 
     def ev(seq):
         return Event(("x",), frames[seq - 1], stream=conv_id, seq=seq)

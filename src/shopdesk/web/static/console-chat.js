@@ -1122,6 +1122,7 @@
         // Anything not acknowledged goes again with the same client_msg_id: the server never stores it twice.
         Object.keys(state.pending).forEach(function (id) { send(state.pending[id]); });
         if (state.teamView && state.teamView.room) send({type: "room.resume", room_id: state.teamView.room, after_seq: (state.rooms[state.teamView.room] || {}).lastSeq || 0});
+        send({type: "ping"}); // done resuming: the server stops holding live messages for us
         break;
       case "message.ack":
         onAck(f);

@@ -638,6 +638,7 @@
           if (state.conversation && !frame.conversation_id && state.conversation.status !== "ended") frame.conversation_id = state.conversation.id;
           send(frame);
         });
+        send({type: "ping"}); // done resuming: the server stops holding live messages for us
         showConversation();
         break;
       case "message.ack":
