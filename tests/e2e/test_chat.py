@@ -232,3 +232,25 @@ async def test_an_agent_opens_a_case_for_the_shopper_from_the_chat(browsers, liv
     await expect(shopper.get_by_test_id("chat-log")).to_contain_text("客服已为您提交售后申请 AS")
     r = await live_shop.get(f"/aftersales?q={order['order_no']}")
     assert r.json()["items"][0]["customer_id"] == order["customer_id"]
+
+
+async def test_an_agent_invites_a_browsing_visitor_and_the_widget_opens(browsers, live_shop):
+    # Given a visitor browsing the demo shop with the chat closed, and an agent online
+    agent = await console(browsers, live_shop)
+    shopper = await browsers.page()
+    await shopper.goto(f"/demo/shop/{live_shop.slug}/main")
+    panel = shopper.get_by_test_id("chat-input")
+    await expect(panel).to_be_hidden()
+    # When the agent sees them among the visitors online and invites them
+    await agent.get_by_test_id("filter-visitors").click()
+    visitor = agent.get_by_test_id("visitor-item").first
+    await expect(visitor).to_contain_text("旗舰店")  # the page they are on
+    await visitor.get_by_test_id("invite-visitor").click()
+    # Then the widget opens by itself with the agent's message, and the chat is the agent's
+    await expect(panel).to_be_visible()
+    await expect(shopper.get_by_test_id("chat-status")).to_have_attribute("data-status", "assigned")
+    await expect(shopper.get_by_test_id("chat-log").get_by_test_id("chat-message").first).to_be_visible()
+    await shopper_says(shopper, "好的，我想问问这款的颜色")
+    pane = agent.get_by_test_id("chat-pane").last
+    await expect(pane.get_by_test_id("agent-log")).to_contain_text("颜色")
+    await snap(shopper, "chat_widget_invited_zh")
