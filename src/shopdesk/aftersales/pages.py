@@ -259,8 +259,7 @@ async def apply(order_id: str, request: Request, session: DbSession, principal: 
     return go(request, f"/shop/cases/{case.id}")
 
 
-@router.post("/shop/uploads")
-async def upload_photos(request: Request, session: DbSession, principal: ShopperPage) -> Response:
+async def _upload_photos(request: Request, session, principal: Principal, photo_base: str) -> Response:
     """Store the chosen photos and answer with their thumbnails, each carrying its hidden photo_ids input."""
     form = await request.form()
     files = [f for f in form.getlist("file") if isinstance(f, UploadFile) and f.filename]
@@ -270,8 +269,13 @@ async def upload_photos(request: Request, session: DbSession, principal: Shopper
     async with session.begin():
         uploads = [await actions.do_save_upload(session, principal, await f.read(limit + 1)) for f in files[:9]]
     # The quote box listens for this to drop its "a photo is needed" hint.
-    return render(request, "shopper/apply.html", {"photos": [u.id for u in uploads]}, block="photos_added",
-                  headers={"HX-Trigger-After-Settle": "photos-changed"})
+    return render(request, "shopper/apply.html", {"photos": [u.id for u in uploads], "photo_base": photo_base},
+                  block="photos_added", headers={"HX-Trigger-After-Settle": "photos-changed"})
+
+
+@router.post("/shop/uploads")
+async def upload_photos(request: Request, session: DbSession, principal: ShopperPage) -> Response:
+    return await _upload_photos(request, session, principal, "/shop/uploads/")
 
 
 @router.get("/shop/uploads/{upload_id}")
@@ -564,15 +568,7 @@ async def console_apply(order_id: str, request: Request, session: DbSession, pri
 @router.post("/console/uploads")
 async def console_upload_photos(request: Request, session: DbSession, principal: StaffPage) -> Response:
     """Photos an agent adds to a case opened for the shopper (checked by content like the shopper's)."""
-    form = await request.form()
-    files = [f for f in form.getlist("file") if isinstance(f, UploadFile) and f.filename]
-    if not files:
-        raise ValidationFailed("choose an image", field="file")
-    limit = storage.get_settings().upload_max_bytes
-    async with session.begin():
-        uploads = [await actions.do_save_upload(session, principal, await f.read(limit + 1)) for f in files[:9]]
-    return render(request, "shopper/apply.html", {"photos": [u.id for u in uploads], "photo_base": "/console/uploads/"},
-                  block="photos_added", headers={"HX-Trigger-After-Settle": "photos-changed"})
+    return await _upload_photos(request, session, principal, "/console/uploads/")
 
 
 @router.get("/console/uploads/{upload_id}")
