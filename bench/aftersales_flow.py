@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -521,7 +522,7 @@ def cli(env: dict, *args: str) -> str:
 
 
 def pg_admin_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+    return re.sub(r"^postgresql\+\w+://", "postgresql://", url)
 
 
 class ServerUnderTest:

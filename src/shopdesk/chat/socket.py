@@ -23,6 +23,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from shopdesk.chat import actions, rooms, routing, rules
 from shopdesk.chat.actions import ChatActor, encode
 from shopdesk.chat.queries import REPLAY_BATCH, message_frames
+from shopdesk.chat.writer import get_writer
 from shopdesk.config import get_settings
 from shopdesk.core import ratelimit
 from shopdesk.core.db import sessionmaker, transaction
@@ -172,6 +173,7 @@ class Connection:
         self.held: dict[str, list[tuple[int, str]]] = {}  # conversation id → live (seq, frame) waiting for a resume
         self.resuming: set[str] = set()  # resumes read from the client but not yet replayed by the writer
         self.frame_kind: Any = None  # the type of the frame being handled
+        self.open_conversation: str | None = None  # a visitor's: where their last message went
 
     # -- broker side --------------------------------------------------------------------------
     def deliver(self, event: Event) -> None:
@@ -403,6 +405,17 @@ class Connection:
         if self.actor.kind == "visitor":
             per_minute = get_settings().chat_visitor_messages_per_minute
             ratelimit.hit(f"{per_minute}/minute", "chat-send", self.actor.visitor_id or "")
+        # An ordinary message in a conversation under way goes with the next batch (chat/writer.py);
+        # anything else, or whatever the batch turns back, takes the transaction of its own.
+        conversation_id = f.conversation_id or (self.open_conversation if self.actor.kind == "visitor" else None)
+        if conversation_id and f.text and not (f.attachment_id or f.card or f.private or f.mentions):
+            sent = await get_writer().send(self.actor, client_msg_id=f.client_msg_id, text=f.text,
+                                           conversation_id=conversation_id, explicit=bool(f.conversation_id),
+                                           on_stored=self.send)
+            if sent is not None:
+                if sent.message is None:
+                    self.send(sent.ack)  # a resend: the first ack again
+                return
         sent = await actions.do_send_message(self.actor, client_msg_id=f.client_msg_id, text=f.text,
                                              attachment_id=f.attachment_id, conversation_id=f.conversation_id,
                                              on_stored=self.send,
@@ -410,6 +423,8 @@ class Connection:
                                              private=f.private, mentions=f.mentions)
         if sent.message is None:
             self.send(sent.ack)  # a resend: the first ack again, nothing stored or broadcast
+        if self.actor.kind == "visitor":
+            self.open_conversation = sent.ack["conversation_id"]
 
     async def on_typing(self, f: TypingIn) -> None:
         visitor_id, assignee_id, _ = await self.conversation(f.conversation_id, fresh=not self.actor.is_staff_side)
