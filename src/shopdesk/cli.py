@@ -163,6 +163,7 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Opt
     import uvicorn
 
     os.environ["SHOPDESK_RUN_JOBS_IN_PROCESS"] = "1" if jobs else "0"
+    os.environ["SHOPDESK_SERVE"] = "1"  # a long-running server: the app quiets the garbage collector
     os.environ.setdefault("SHOPDESK_BASE_URL", f"http://{host}:{port}")
     get_settings.cache_clear()
     # Chat frames are at most 64 KiB (larger ones get an error frame); far larger ones are cut off by the server.

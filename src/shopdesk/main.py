@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import os
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -21,6 +23,7 @@ from shopdesk.core.logging import configure
 
 log = structlog.get_logger("shopdesk")
 PROBLEM = "application/problem+json"
+GC_YOUNG_THRESHOLD = 50_000
 ROOT = Path(__file__).resolve().parent
 
 
@@ -68,6 +71,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
 
 
+def quiet_gc() -> None:
+    """Make the collector's full passes short and rare in a server process (decision 0008).
+
+    What is alive once the app has started (modules, mappers, compiled statements) is frozen out of the
+    collector's sight, and young collections wait for 50,000 new objects instead of 700, so full passes
+    come about 70× less often. Under chat load full passes over ~290k objects took 80–195 ms every 2–5 s,
+    and every message in flight waited for them: they were the p99.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
@@ -79,6 +95,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     from shopdesk.core.pubsub import close_broker, start_broker
 
     await start_broker()
+    if os.environ.get("SHOPDESK_SERVE") == "1":
+        quiet_gc()
     stop = asyncio.Event()
     runner = None
     if settings.run_jobs_in_process:

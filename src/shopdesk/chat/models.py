@@ -124,8 +124,9 @@ class ChatMessage(Base):
     __tablename__ = "chat_message"
     __table_args__ = (
         UniqueConstraint("conversation_id", "seq"),
-        # A resend with the same client id is recognised, per conversation and sender.
-        UniqueConstraint("conversation_id", "sender_id", "client_msg_id"),
+        # A resend with the same client id is recognised, per conversation and sender. The sender leads,
+        # so the batched writer finds the resends of a whole batch through the index (decision 0008).
+        UniqueConstraint("sender_id", "client_msg_id", "conversation_id"),
     )
     id: Mapped[str] = id_column()
     merchant_id: Mapped[str] = mapped_column(String(32), index=True)
