@@ -4,7 +4,7 @@ import asyncio
 from sqlalchemy import event, func, select
 
 from shopdesk.accounts.actions import do_create_staff, merchant_by_slug
-from shopdesk.chat.actions import (ChatActor, do_end, do_send_message, do_set_presence, do_start_widget_session,
+from shopdesk.chat.actions import (ChatActor, do_add_participant, do_end, do_send_message, do_set_presence, do_start_widget_session,
                                    resolve_actor)
 from shopdesk.chat.models import ChatMessage, Conversation
 from shopdesk.chat.writer import get_writer
@@ -25,12 +25,12 @@ class Listener:
         raise AssertionError(f"dropped: {reason}")
 
 
-async def online_agent(shop, capacity: int = 10) -> ChatActor:
+async def online_agent(shop, capacity: int = 10, name: str = "小王") -> ChatActor:
     async with transaction() as session:
         merchant = await merchant_by_slug(session, shop.slug)
-        staff = await do_create_staff(session, merchant=merchant, email=f"w{id(shop)}@{shop.slug}.test",
-                                      password="agent-pass-1", role="agent", name="小王")
-        agent = ChatActor("staff", merchant.id, staff_id=staff.id, role="agent", name="小王")
+        staff = await do_create_staff(session, merchant=merchant, email=f"{name}{id(shop)}@{shop.slug}.test",
+                                      password="agent-pass-1", role="agent", name=name)
+        agent = ChatActor("staff", merchant.id, staff_id=staff.id, role="agent", name=name)
     await do_set_presence(agent, status="online", capacity=capacity)
     return agent
 
@@ -145,3 +145,26 @@ async def test_what_the_batch_cannot_take_goes_back_to_the_full_path(shop, other
     async with transaction() as session:
         texts = set((await session.execute(select(ChatMessage.text))).scalars())
     assert not texts & {"别人的会话", "已结束", "跨商户"}
+
+
+async def test_an_invited_colleague_gets_batched_messages_and_the_fields_are_stored(shop):
+    # given a chat with a colleague invited into it
+    agent = await online_agent(shop)
+    colleague = await online_agent(shop, name="小李")
+    visitor, conv_id = await visitor_with_chat(shop)
+    await do_add_participant(agent, conv_id, agent_id=colleague.staff_id)
+    # when the visitor writes through the writer
+    sent = await get_writer().send(visitor, client_msg_id="q", text="<b>还在吗</b>", conversation_id=conv_id,
+                                   explicit=False)
+    # then the message goes to the visitor, the chat, its agent and the colleague
+    assert set(sent.outcome.events[0].topics) == {f"v:{visitor.visitor_id}", f"c:{conv_id}", f"s:{agent.staff_id}",
+                                                  f"s:{colleague.staff_id}"}
+    # and what is stored is what a single send stores
+    async with transaction() as session:
+        m = (await session.execute(select(ChatMessage).where(ChatMessage.conversation_id == conv_id,
+                                                             ChatMessage.client_msg_id == "q"))).scalar_one()
+        conv = await session.get(Conversation, conv_id)
+    assert (m.text, m.sender_type, m.sender_id, m.sender_name, m.via, m.private, m.client_msg_id) == (
+        "<b>还在吗</b>", "visitor", visitor.visitor_id, visitor.name, "chat", False, "q")
+    assert m.id == sent.ack["message_id"] and m.seq == sent.ack["seq"] == conv.last_seq
+    assert m.created_at is not None and conv.waiting_since is not None and conv.visitor_read_seq == m.seq
