@@ -1123,6 +1123,9 @@
         Object.keys(state.pending).forEach(function (id) { send(state.pending[id]); });
         if (state.teamView && state.teamView.room) send({type: "room.resume", room_id: state.teamView.room, after_seq: (state.rooms[state.teamView.room] || {}).lastSeq || 0});
         send({type: "ping"}); // done resuming: the server stops holding live messages for us
+        // Presence events are best effort and the socket was not listening before this hello: read the
+        // colleagues again, or one who came online meanwhile is missing from transfer and invite.
+        loadAgents();
         break;
       case "message.ack":
         onAck(f);
