@@ -169,7 +169,7 @@ async def store_batch(batch: list[Pending]) -> tuple[list[Sent | None], list]:
         for i in writes:
             p, conv = batch[i], convs[batch[i].conversation_id]
             rows.append({"id": new_id(), "merchant_id": conv.merchant_id, "conversation_id": conv.id,
-                         "seq": 0, "client_msg_id": p.client_msg_id,
+                         "client_msg_id": p.client_msg_id,
                          "sender_type": p.actor.sender_type, "sender_id": p.actor.sender_id,
                          "sender_name": p.actor.name, "text": p.text, "attachment": None, "via": "chat",
                          "card": None, "private": False, "mentions": None, "created_at": at})

@@ -1,6 +1,8 @@
 """The batched message writer: many senders, few transactions, and every rule of a single send kept."""
 import asyncio
 
+import pytest
+
 from sqlalchemy import event, func, select
 
 from shopdesk.accounts.actions import do_create_staff, merchant_by_slug
@@ -168,3 +170,32 @@ async def test_an_invited_colleague_gets_batched_messages_and_the_fields_are_sto
         "<b>还在吗</b>", "visitor", visitor.visitor_id, visitor.name, "chat", False, "q")
     assert m.id == sent.ack["message_id"] and m.seq == sent.ack["seq"] == conv.last_seq
     assert m.created_at is not None and conv.waiting_since is not None and conv.visitor_read_seq == m.seq
+
+
+async def test_a_failed_batch_goes_the_slow_way_or_reports_and_the_writer_goes_on(shop, monkeypatch):
+    import psycopg
+
+    from shopdesk.chat import writer as writer_module
+
+    await online_agent(shop)
+    visitor, conv_id = await visitor_with_chat(shop)
+    writer = get_writer()
+    real = writer_module.store_batch
+
+    async def raced(batch):
+        raise psycopg.IntegrityError("duplicate key")
+
+    async def broken(batch):
+        raise RuntimeError("database gone")
+
+    # a unique violation (a slow-path send raced the batch) hands every message back
+    monkeypatch.setattr(writer_module, "store_batch", raced)
+    assert await writer.send(visitor, client_msg_id="r", text="一", conversation_id=conv_id, explicit=True) is None
+    # any other failure reaches the sender
+    monkeypatch.setattr(writer_module, "store_batch", broken)
+    with pytest.raises(RuntimeError):
+        await writer.send(visitor, client_msg_id="b", text="二", conversation_id=conv_id, explicit=True)
+    # and the writer still stores the next one
+    monkeypatch.setattr(writer_module, "store_batch", real)
+    sent = await writer.send(visitor, client_msg_id="c", text="三", conversation_id=conv_id, explicit=True)
+    assert sent.ack["seq"] == 2
