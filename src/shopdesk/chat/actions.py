@@ -21,8 +21,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 from shopdesk.accounts.auth import Principal
 from shopdesk.accounts.models import Merchant, Staff, Store
 from shopdesk.chat import bot, routing, rules
-from shopdesk.chat.models import (MAX_CAPACITY, PRESENCE, AgentPresence, ChatAttachment, ChatBlock, ChatDesk,
-                                  ChatMessage, ChatParticipant, ChatVisitor, Conversation)
+from shopdesk.chat.models import (MAX_CAPACITY, PRESENCE, AgentPresence, CannedReply, ChatAttachment, ChatBlock,
+                                  ChatDesk, ChatMessage, ChatParticipant, ChatVisitor, Conversation)
 from shopdesk.config import get_settings
 from shopdesk.core import storage
 from shopdesk.core.audit import record
@@ -230,6 +230,15 @@ async def access_conversation(session: AsyncSession, actor: ChatActor, conversat
     conv = (await session.execute(stmt)).scalar_one_or_none() if len(conversation_id) <= 32 else None
     if conv is None or not can_see(actor, conv):
         raise NotFound("no such conversation", field="conversation_id")
+    return conv
+
+
+async def live_conversation(session: AsyncSession, actor: ChatActor, conversation_id: str,
+                            ended: str = "this conversation has ended") -> Conversation:
+    """A conversation the caller may change, locked for the change; an ended one is a conflict."""
+    conv = await access_conversation(session, actor, conversation_id, lock=True)
+    if conv.status == "ended":
+        raise Conflict(ended, code="illegal_transition")
     return conv
 
 
@@ -806,9 +815,7 @@ async def do_end(actor: ChatActor, conversation_id: str) -> dict:
     async with transaction() as session:
         conv = await access_conversation(session, actor, conversation_id)
         await routing.lock_routing(session, conv.merchant_id)
-        conv = await access_conversation(session, actor, conversation_id, lock=True)
-        if conv.status == "ended":
-            raise Conflict("this conversation has already ended", code="illegal_transition")
+        conv = await live_conversation(session, actor, conversation_id, "this conversation has already ended")
         ended_by = "agent" if actor.is_staff_side else "visitor"
         await _finish(session, conv, ended_by,
                       f"对话已结束（{actor.name or ('客服' if actor.is_staff_side else '顾客')}）", outcome, at)
@@ -847,9 +854,7 @@ async def do_transfer(actor: ChatActor, conversation_id: str, *, agent_id: str |
     async with transaction() as session:
         conv = await access_conversation(session, actor, conversation_id)
         await routing.lock_routing(session, conv.merchant_id)
-        conv = await access_conversation(session, actor, conversation_id, lock=True)
-        if conv.status == "ended":
-            raise Conflict("an ended conversation cannot be transferred", code="illegal_transition")
+        conv = await live_conversation(session, actor, conversation_id, "an ended conversation cannot be transferred")
         if actor.kind == "staff" and actor.role == "agent" and conv.assignee_id not in (None, actor.staff_id):
             raise Forbidden("only the agent holding this chat, or a supervisor, can transfer it")
         was_queued = conv.status == "queued"
@@ -1241,9 +1246,7 @@ async def do_lock(actor: ChatActor, conversation_id: str, *, lock: bool) -> dict
     staff_id = actor.require_agent()
     outcome = Outcome()
     async with transaction() as session:
-        conv = await access_conversation(session, actor, conversation_id, lock=True)
-        if conv.status == "ended":
-            raise Conflict("this conversation has ended", code="illegal_transition")
+        conv = await live_conversation(session, actor, conversation_id)
         if lock:
             if conv.locked_by and conv.locked_by != staff_id:
                 raise Conflict("a colleague holds the lock", code="locked")
@@ -1267,9 +1270,7 @@ async def do_add_participant(actor: ChatActor, conversation_id: str, *, agent_id
     staff_id = actor.require_agent()
     outcome = Outcome()
     async with transaction() as session:
-        conv = await access_conversation(session, actor, conversation_id, lock=True)
-        if conv.status == "ended":
-            raise Conflict("this conversation has ended", code="illegal_transition")
+        conv = await live_conversation(session, actor, conversation_id)
         target = await session.get(Staff, agent_id) if len(agent_id) <= 32 else None
         if target is None or target.merchant_id != conv.merchant_id:
             raise ValidationFailed("no such agent", field="agent_id")
@@ -1290,15 +1291,13 @@ async def do_add_participant(actor: ChatActor, conversation_id: str, *, agent_id
     return out
 
 
-def canned_out(c: "CannedReply", rendered: str | None = None) -> dict:
+def canned_out(c: CannedReply, rendered: str | None = None) -> dict:
     return {"id": c.id, "shortcut": c.shortcut, "text": c.text, "scope": "agent" if c.owner_id else "merchant",
             "owner_id": c.owner_id, "rendered": rendered if rendered is not None else c.text}
 
 
 async def do_create_canned(actor: ChatActor, *, shortcut: str, text: str, shared: bool) -> dict:
     """A canned reply of the agent's own, or (admin/supervisor, shared) for the whole merchant."""
-    from shopdesk.chat.models import CannedReply
-
     staff_id = require_manager(actor) if shared else actor.require_agent()
     async with transaction() as session:
         owner = None if shared else staff_id
@@ -1314,8 +1313,6 @@ async def do_create_canned(actor: ChatActor, *, shortcut: str, text: str, shared
 
 
 async def do_delete_canned(actor: ChatActor, canned_id: str) -> None:
-    from shopdesk.chat.models import CannedReply
-
     staff_id = actor.require_agent()
     async with transaction() as session:
         item = await session.get(CannedReply, canned_id) if len(canned_id) <= 32 else None
