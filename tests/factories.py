@@ -104,3 +104,17 @@ async def make_shop(client: httpx.AsyncClient) -> Shop:
                          headers=shop.h(shop.admin_token))
     assert r.status_code == 200, r.text
     return shop
+
+
+async def add_agent(shop: Shop, name: str, role: str = "agent") -> str:
+    """Add a staff member to the shop's merchant; return their id."""
+    from sqlalchemy import select
+
+    from shopdesk.accounts.models import Merchant
+
+    async with transaction() as session:
+        merchant = (await session.execute(select(Merchant).where(Merchant.slug == shop.slug))).scalar_one()
+        staff = await do_create_staff(session, merchant=merchant, email=f"{name}@{shop.slug}.test",
+                                      password="agent-pass-1", role=role, name=name)
+        await session.flush()
+        return staff.id

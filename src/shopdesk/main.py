@@ -133,8 +133,9 @@ def create_app() -> FastAPI:
     from shopdesk.notifications.api import router as webhooks
     from shopdesk.orders.api import router as orders
     from shopdesk.refunds.api import router as refunds
+    from shopdesk.tickets.api import router as tickets
 
-    for router in (accounts, customers, orders, aftersales, refunds, webhooks, kuaidi100, chat):
+    for router in (accounts, customers, orders, aftersales, refunds, webhooks, kuaidi100, chat, tickets):
         app.include_router(router, prefix="/api/v1")
     from shopdesk.chat.socket import chat_socket
 

@@ -9,5 +9,7 @@ from shopdesk.customers import models as _customers  # noqa: F401
 from shopdesk.notifications import models as _notifications  # noqa: F401
 from shopdesk.orders import models as _orders  # noqa: F401
 from shopdesk.refunds import models as _refunds  # noqa: F401
+from shopdesk.tickets import channel_models as _channels  # noqa: F401
+from shopdesk.tickets import models as _tickets  # noqa: F401
 
 metadata = Base.metadata

@@ -4,6 +4,8 @@ import re
 from tests.integration.aftersales.test_flows import act, create
 
 PUBLIC = {"/api/v1/payments/notify/{provider_name}"}
+# Routes whose path names a setting of the caller's own merchant (PUT creates it): nothing of another to hide.
+OWN_SCOPE = {"/api/v1/settings/calendars/{name}", "/api/v1/settings/sla-policies/{name}"}
 
 
 async def build_objects(shop) -> dict:
@@ -13,7 +15,9 @@ async def build_objects(shop) -> dict:
     case = await create(shop, order, buyer, "compensation", "price_drop", [("A", 1)], amount_fen=100)
     case = await act(shop, case, "approve", token=shop.agent_token)
     chat = await build_chat(shop)
-    return {"case_id": case["id"], "order_id": order["id"], "refund_no": case["refunds"][0]["refund_no"],
+    ticket = (await shop.post("/tickets", {"subject": "耳机没声音", "channel": "web", "order_id": order["id"]},
+                              buyer)).json()
+    return {"ticket_id": ticket["id"], "case_id": case["id"], "order_id": order["id"], "refund_no": case["refunds"][0]["refund_no"],
             "upload_id": photo, "external_id": order["customer_id"], "buyer": buyer, **chat}
 
 
@@ -47,7 +51,7 @@ def id_routes(app) -> list[tuple[str, str]]:
     """Every API route that names a resource, read from the app's own OpenAPI document."""
     out = []
     for path, methods in app.openapi()["paths"].items():
-        if path.startswith("/api/v1") and "{" in path and path not in PUBLIC:
+        if path.startswith("/api/v1") and "{" in path and path not in PUBLIC | OWN_SCOPE:
             out.extend((method.upper(), path) for method in methods)
     return sorted(out)
 
@@ -69,7 +73,10 @@ BODIES = {"/api/v1/refunds/{refund_no}/confirm": {"reference": "r"},
           "/api/v1/conversations/{conversation_id}/rating": {"score": 5},
           "/api/v1/conversations/{conversation_id}/reply-by-email": {"text": "您好"},
           "/api/v1/conversations/{conversation_id}/participants": {"agent_id": "0" * 32},
-          "/api/v1/chat/visitors/{visitor_id}/invite": {"text": "您好"}}
+          "/api/v1/chat/visitors/{visitor_id}/invite": {"text": "您好"},
+          "/api/v1/tickets/{ticket_id}/replies": {"body": "hi"}, "/api/v1/tickets/{ticket_id}/rating": {"score": 1},
+          "/api/v1/tickets/{ticket_id}/merge": {"into": "0" * 32}, "/api/v1/tickets/{ticket_id}/split": {"reply_id": "x"},
+          "/api/v1/tickets/{ticket_id}": {"priority": "low"}}
 
 
 async def test_every_route_hides_other_tenants_and_other_shoppers(app, shop, other_shop, client):
@@ -98,6 +105,8 @@ async def test_every_route_hides_other_tenants_and_other_shoppers(app, shop, oth
     assert case["status"] == "refunding" and case["version"] == 2
     conversation = (await shop.get(f"/conversations/{objects['conversation_id']}", token=shop.agent_token)).json()
     assert conversation["status"] == "offline" and conversation["last_seq"] == 1
+    ticket = (await shop.get(f"/tickets/{objects['ticket_id']}")).json()
+    assert ticket["version"] == 1 and ticket["replies"] == [] and ticket["priority"] == "normal"
 
 
 async def test_lists_show_only_own_data(shop, other_shop):

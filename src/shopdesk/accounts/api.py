@@ -43,6 +43,13 @@ async def token(body: LoginIn, session: DbSession) -> dict:
     return {"token": tok, "staff": {"id": staff.id, "name": staff.name, "role": staff.role}}
 
 
+@router.get("/auth/me")
+async def me(principal: CurrentPrincipal) -> dict:
+    """Who the bearer token belongs to (the console and tests use it to learn their own id)."""
+    return {"kind": principal.kind, "id": principal.staff_id or principal.customer_id, "role": principal.role,
+            "name": principal.name, "merchant_id": principal.merchant_id}
+
+
 @router.post("/stores", status_code=201)
 async def create_store(body: StoreIn, request: Request, session: DbSession, principal: CurrentPrincipal):
     async def make() -> dict:

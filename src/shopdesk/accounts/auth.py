@@ -31,6 +31,7 @@ class Principal:
     role: str | None = None
     customer_id: str | None = None
     name: str = ""
+    ticket_id: str | None = None  # kind ticket_link: the one ticket an emailed link opens
 
     @property
     def is_platform(self) -> bool:
@@ -43,7 +44,7 @@ class Principal:
     @property
     def actor(self) -> str:
         """The timeline actor this caller appears as."""
-        if self.kind == "shopper":
+        if self.kind in ("shopper", "ticket_link"):
             return "buyer"
         return "platform" if self.is_platform else "agent"
 
@@ -121,4 +122,6 @@ async def resolve(session: AsyncSession, token: str | None) -> Principal:
                                           name=staff.name), claims.get("exp", 0))
     if claims.get("k") == "shopper":
         return _remember(token, Principal("shopper", claims["m"], customer_id=claims["sub"]), claims.get("exp", 0))
+    if claims.get("k") == "ticket":
+        return _remember(token, Principal("ticket_link", claims["m"], ticket_id=claims["sub"]), claims.get("exp", 0))
     raise Unauthorized("invalid token")

@@ -96,7 +96,7 @@ def visitor_actor(claims: dict) -> ChatActor:
 
 def actor_from_principal(principal: Principal) -> ChatActor:
     """Chat view of an API caller; platform operators have no merchant and see no chat."""
-    if principal.merchant_id is None or principal.is_platform:
+    if principal.merchant_id is None or principal.is_platform or principal.kind == "ticket_link":
         raise NotFound("not found")
     if principal.kind == "staff":
         return ChatActor("staff", principal.merchant_id, staff_id=principal.staff_id, role=principal.role,

@@ -188,9 +188,19 @@ async def sweep_chat() -> int:
     return done
 
 
+async def sweep_tickets() -> int:
+    from shopdesk.tickets.actions import sweep_sla
+
+    try:
+        return await sweep_sla()
+    except Exception:  # the other sweeps go on
+        log.exception("ticket_sweep_failed")
+        return 0
+
+
 async def run_once() -> dict[str, int]:
     return {"timers": await sweep_timers(), "refunds": await process_refunds(), "outbox": await deliver_outbox(),
-            "chat": await sweep_chat()}
+            "chat": await sweep_chat(), "tickets": await sweep_tickets()}
 
 
 async def run_forever(stop: asyncio.Event, interval_s: float | None = None) -> None:

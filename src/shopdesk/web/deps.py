@@ -7,6 +7,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shopdesk.accounts.auth import Principal, resolve
+from shopdesk.core.errors import Unauthorized
 from shopdesk.core.db import sessionmaker
 
 
@@ -27,6 +28,9 @@ def bearer(request: Request) -> str | None:
 
 async def get_principal(request: Request, session: DbSession) -> Principal:
     principal = await resolve(session, bearer(request))
+    if principal.kind == "ticket_link" and not request.url.path.startswith(f"/api/v1/tickets/{principal.ticket_id}"):
+        # An emailed ticket link opens that one ticket and nothing else.
+        raise Unauthorized("this link opens one ticket only")
     request.state.principal = principal
     if session.in_transaction():
         await session.rollback()  # end the read that resolved it; handlers open their own transaction

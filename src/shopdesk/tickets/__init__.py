@@ -1,0 +1,1 @@
+"""Tickets (工单): intake, status, assignment, SLA on business calendars."""

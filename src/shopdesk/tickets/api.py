@@ -1,0 +1,163 @@
+"""Routes: tickets, replies, merge/split, 催单, ratings, calendars, SLA policies and ticket settings."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+
+from shopdesk.accounts.auth import Principal
+from shopdesk.core.clock import isoformat
+from shopdesk.core.pagination import clamp_limit, decode_cursor, encode_cursor
+from shopdesk.tickets import actions
+from shopdesk.tickets.models import BusinessCalendar, SlaPolicy, Ticket
+from shopdesk.tickets.queries import events_of, list_tickets, replies_of, reply_out, ticket_out
+from shopdesk.tickets.schemas import (CalendarIn, MergeIn, RatingIn, ReplyIn, SlaPolicyIn, SplitIn, TicketIn,
+                                      TicketPatch, TicketSettingsIn)
+from shopdesk.web.deps import CurrentPrincipal, DbSession
+from shopdesk.web.responses import create_once, page
+
+router = APIRouter()
+
+
+def _requester(principal: Principal) -> bool:
+    return principal.kind in ("shopper", "ticket_link")
+
+
+async def full_ticket(session, ticket: Ticket, principal: Principal) -> dict:
+    requester = _requester(principal)
+    return ticket_out(ticket, await replies_of(session, ticket, public_only=requester), await events_of(session, ticket),
+                      requester=requester)
+
+
+@router.post("/tickets", status_code=201)
+async def create_ticket(body: TicketIn, request: Request, session: DbSession, principal: CurrentPrincipal):
+    async def make() -> dict:
+        ticket = await actions.do_create_ticket(session, principal, body)
+        return await full_ticket(session, ticket, principal)
+
+    return await create_once(request, session, principal, make)
+
+
+@router.get("/tickets")
+async def list_(session: DbSession, principal: CurrentPrincipal, status_group: str | None = None,
+                status: str | None = None, assignee: str | None = None, category: str | None = None,
+                priority: str | None = None, q: str | None = None, customer_id: str | None = None,
+                limit: int | None = None, cursor: str | None = None) -> dict:
+    if principal.is_platform:
+        return page([], None)
+    size = clamp_limit(limit)
+    after = decode_cursor(cursor)
+    rows, more = await list_tickets(session, principal, limit=size, after=(after[0], after[1]) if after else None,
+                                    status_group=status_group, status=status, assignee=assignee, category=category,
+                                    priority=priority, q=q, customer_id=customer_id)
+    items = [ticket_out(t, requester=_requester(principal)) for t in rows]
+    last = rows[-1] if rows else None
+    return page(items, encode_cursor([isoformat(last.updated_at), last.id]) if more and last else None)
+
+
+@router.get("/tickets/{ticket_id}")
+async def get_ticket(ticket_id: str, session: DbSession, principal: CurrentPrincipal) -> dict:
+    return await full_ticket(session, await actions.access_ticket(session, principal, ticket_id), principal)
+
+
+@router.patch("/tickets/{ticket_id}")
+async def patch_ticket(ticket_id: str, body: TicketPatch, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        ticket = await actions.do_update_ticket(session, principal, ticket_id, body)
+        return await full_ticket(session, ticket, principal)
+
+
+@router.post("/tickets/{ticket_id}/replies", status_code=201)
+async def reply(ticket_id: str, body: ReplyIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        made = await actions.do_reply(session, principal, ticket_id, body.body, public=body.public,
+                                      channel="web" if _requester(principal) else "api",
+                                      attachment_ids=body.attachment_ids)
+        ticket = await actions.access_ticket(session, principal, ticket_id)
+        return {**await full_ticket(session, ticket, principal), "reply": reply_out(made)}
+
+
+@router.post("/tickets/{ticket_id}/merge")
+async def merge(ticket_id: str, body: MergeIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        ticket = await actions.do_merge(session, principal, ticket_id, body.into)
+        return await full_ticket(session, ticket, principal)
+
+
+@router.post("/tickets/{ticket_id}/split", status_code=201)
+async def split(ticket_id: str, body: SplitIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        ticket = await actions.do_split(session, principal, ticket_id, body.reply_id)
+        return await full_ticket(session, ticket, principal)
+
+
+@router.post("/tickets/{ticket_id}/urge")
+async def urge(ticket_id: str, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        ticket = await actions.do_urge(session, principal, ticket_id)
+        return await full_ticket(session, ticket, principal)
+
+
+@router.post("/tickets/{ticket_id}/rating")
+async def rate(ticket_id: str, body: RatingIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        ticket = await actions.do_rate(session, principal, ticket_id, body.score, body.comment)
+        return await full_ticket(session, ticket, principal)
+
+
+# --- settings ---------------------------------------------------------------------------------
+def calendar_out(row: BusinessCalendar) -> dict:
+    return {"name": row.name, **row.settings, "updated_at": isoformat(row.updated_at)}
+
+
+def policy_out(row: SlaPolicy) -> dict:
+    return {"name": row.name, "calendar": row.calendar, "match": row.match,
+            "first_response_minutes": row.first_response_minutes,
+            "next_response_minutes": row.next_response_minutes, "resolution_minutes": row.resolution_minutes,
+            "position": row.position}
+
+
+@router.put("/settings/calendars/{name}")
+async def put_calendar(name: str, body: CalendarIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        return calendar_out(await actions.do_put_calendar(session, principal, name, body))
+
+
+@router.get("/settings/calendars")
+async def get_calendars(session: DbSession, principal: CurrentPrincipal) -> dict:
+    merchant_id = principal.require_merchant_side()
+    rows = (await session.execute(select(BusinessCalendar).where(BusinessCalendar.merchant_id == merchant_id)
+                                  .order_by(BusinessCalendar.name))).scalars()
+    return {"items": [calendar_out(r) for r in rows]}
+
+
+@router.put("/settings/sla-policies/{name}")
+async def put_policy(name: str, body: SlaPolicyIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        return policy_out(await actions.do_put_policy(session, principal, name, body))
+
+
+@router.get("/settings/sla-policies")
+async def get_policies(session: DbSession, principal: CurrentPrincipal) -> dict:
+    merchant_id = principal.require_merchant_side()
+    rows = (await session.execute(select(SlaPolicy).where(SlaPolicy.merchant_id == merchant_id)
+                                  .order_by(SlaPolicy.position, SlaPolicy.name))).scalars()
+    return {"items": [policy_out(r) for r in rows]}
+
+
+@router.get("/settings/tickets")
+async def get_ticket_settings(session: DbSession, principal: CurrentPrincipal) -> dict:
+    from shopdesk.tickets.states import BUILT_IN
+
+    merchant_id = principal.require_merchant_side()
+    current = await actions.ticket_settings(session, merchant_id)
+    return {"built_in_statuses": [s.__dict__ for s in BUILT_IN], "statuses": current.get("statuses", []),
+            "categories": current.get("categories", []), "assignment": current.get("assignment", {"method": "none"})}
+
+
+@router.put("/settings/tickets")
+async def put_ticket_settings(body: TicketSettingsIn, session: DbSession, principal: CurrentPrincipal):
+    async with session.begin():
+        current = await actions.do_update_ticket_settings(session, principal, body.statuses, body.categories,
+                                                          body.assignment)
+    return JSONResponse(current)
