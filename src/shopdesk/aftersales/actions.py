@@ -38,12 +38,18 @@ def case_options():
             selectinload(AftersaleCase.events), selectinload(AftersaleCase.shipments))
 
 
+def one_case_options():
+    """Load one case whole in a single statement (its few lines, events and parcels joined)."""
+    return (joinedload(AftersaleCase.customer, innerjoin=True), joinedload(AftersaleCase.lines),
+            joinedload(AftersaleCase.events), joinedload(AftersaleCase.shipments))
+
+
 async def access_case(session: AsyncSession, principal: Principal, case_id: str, *, lock: bool = False) -> AftersaleCase:
     """Fetch a case the caller may see (optionally locked); anyone else gets 404."""
-    stmt = select(AftersaleCase).where(AftersaleCase.id == case_id).options(*case_options())
+    stmt = select(AftersaleCase).where(AftersaleCase.id == case_id).options(*one_case_options())
     if lock:
         stmt = stmt.with_for_update(of=AftersaleCase).execution_options(populate_existing=True)
-    case = (await session.execute(stmt)).scalar_one_or_none()
+    case = (await session.execute(stmt)).unique().scalar_one_or_none()
     if case is None or not can_see(principal, case):
         raise NotFound("no such case")
     return case
@@ -258,6 +264,10 @@ async def _move(session: AsyncSession, case: AftersaleCase, action: str, actor: 
                 note: str = "", data: dict | None = None, settings: dict | None = None) -> str:
     """Apply one transition of the state table with its event, deadline and notifications."""
     target = states.next_status(action, case.status, case.type)
+    if settings is None:
+        # Read before anything changes: a read after would flush the case, and the deadline set
+        # below would cost a second UPDATE.
+        settings = aftersales_settings(await merchant_of(session, case.merchant_id))
     before = case.status
     at = now()
     case.status = target
@@ -268,8 +278,6 @@ async def _move(session: AsyncSession, case: AftersaleCase, action: str, actor: 
         for line in case.lines:
             line.is_open = False
     _event(session, case, actor, actor_id, action, before, target, note, data)
-    if settings is None:
-        settings = aftersales_settings(await merchant_of(session, case.merchant_id))
     _arm(case, settings, at)
     await notify_case_change(session, case, action)
     record(session, merchant_id=case.merchant_id, actor_type=actor, actor_id=actor_id, action=f"aftersales.{action}",
@@ -440,8 +448,10 @@ async def do_receive(session: AsyncSession, principal: Principal | None, case_id
         return case
     states.next_status("receive", case.status, case.type)
     order = await load_order(session, case.merchant_id, case.order_id, lock=True)
+    settings = aftersales_settings(await merchant_of(session, case.merchant_id))
     case.received_at = now()
-    await _move(session, case, "receive", actor, actor_id, note or ("超时自动确认收货" if principal is None else ""))
+    await _move(session, case, "receive", actor, actor_id, note or ("超时自动确认收货" if principal is None else ""),
+                settings=settings)
     if case.status == "refunding":
         await _start_refunds(session, case, order)
     elif case.type == "exchange" and case.goods_refund_fen > 0:
@@ -558,18 +568,18 @@ async def on_refunds_changed(session: AsyncSession, case_id: str) -> None:
     """Move the case when its refunds settle: all succeeded → completed; failed or abnormal → exception."""
     from shopdesk.refunds.models import Refund
 
-    # Lock the case row first (settlements of one case queue here), but load it whole only if it moves.
-    status = (await session.execute(select(AftersaleCase.status).where(AftersaleCase.id == case_id)
-                                    .with_for_update())).scalar_one()
+    # Lock the case first (settlements of one case queue here), loaded whole in the same statement.
+    case = (await session.execute(select(AftersaleCase).where(AftersaleCase.id == case_id)
+                                  .options(*one_case_options()).with_for_update(of=AftersaleCase)
+                                  .execution_options(populate_existing=True))).unique().scalar_one()
     refunds = list((await session.execute(select(Refund).where(Refund.case_id == case_id))).scalars())
     superseded = {r.supersedes for r in refunds if r.supersedes}
     live = [r for r in refunds if r.refund_no not in superseded]
     settled = live and all(r.status == "succeeded" for r in live)
     troubled = any(r.status in ("failed", "abnormal") for r in live)
+    status = case.status
     if not (status == "refunding" and (settled or troubled) or status == "refund_exception" and live and not troubled):
         return  # nothing moves (the other refunds are still open, or the case is elsewhere)
-    case = (await session.execute(select(AftersaleCase).where(AftersaleCase.id == case_id).options(*case_options())
-                                  .execution_options(populate_existing=True))).scalar_one()
     if case.status == "refund_exception":
         # Fixed without a retry (an abnormal refund settled by hand or by the provider): back to refunding (§5).
         await _move(session, case, "refund_retry", "system", None, "异常退款已处理")
