@@ -5,7 +5,8 @@ from tests.integration.aftersales.test_flows import act, create
 
 PUBLIC = {"/api/v1/payments/notify/{provider_name}"}
 # Routes whose path names a setting of the caller's own merchant (PUT creates it): nothing of another to hide.
-OWN_SCOPE = {"/api/v1/settings/calendars/{name}", "/api/v1/settings/sla-policies/{name}"}
+OWN_SCOPE = {"/api/v1/settings/calendars/{name}", "/api/v1/settings/sla-policies/{name}",
+             "/api/v1/settings/ticket-rules/{name}"}
 
 
 async def build_objects(shop) -> dict:
@@ -17,8 +18,21 @@ async def build_objects(shop) -> dict:
     chat = await build_chat(shop)
     ticket = (await shop.post("/tickets", {"subject": "耳机没声音", "channel": "web", "order_id": order["id"]},
                               buyer)).json()
-    return {"ticket_id": ticket["id"], "case_id": case["id"], "order_id": order["id"], "refund_no": case["refunds"][0]["refund_no"],
+    task = await build_task(shop)
+    return {"ticket_id": ticket["id"], "task_id": task, "name": "iso-macro", "case_id": case["id"], "order_id": order["id"], "refund_no": case["refunds"][0]["refund_no"],
             "upload_id": photo, "external_id": order["customer_id"], "buyer": buyer, **chat}
+
+
+async def build_task(shop) -> str:
+    """A revisit task of a solved ticket, and a macro named iso-macro."""
+    h = shop.h(shop.admin_token)
+    await shop.client.put("/api/v1/settings/tickets", json={"followup": {"revisit_after_hours": 24}}, headers=h)
+    await shop.client.put("/api/v1/settings/ticket-rules/iso-macro", json={
+        "kind": "macro", "actions": [{"type": "add_tags", "tags": ["x"]}]}, headers=h)
+    solved = (await shop.post("/tickets", {"subject": "已解决的问题"})).json()
+    await shop.client.patch(f"/api/v1/tickets/{solved['id']}", json={"status": "solved"}, headers=h)
+    tasks = (await shop.get("/ticket-tasks", shop.admin_token)).json()["items"]
+    return next(t["id"] for t in tasks if t["ticket_id"] == solved["id"])
 
 
 async def build_chat(shop) -> dict:
@@ -76,7 +90,7 @@ BODIES = {"/api/v1/refunds/{refund_no}/confirm": {"reference": "r"},
           "/api/v1/chat/visitors/{visitor_id}/invite": {"text": "您好"},
           "/api/v1/tickets/{ticket_id}/replies": {"body": "hi"}, "/api/v1/tickets/{ticket_id}/rating": {"score": 1},
           "/api/v1/tickets/{ticket_id}/merge": {"into": "0" * 32}, "/api/v1/tickets/{ticket_id}/split": {"reply_id": "x"},
-          "/api/v1/tickets/{ticket_id}": {"priority": "low"}}
+          "/api/v1/tickets/{ticket_id}": {"priority": "low"}, "/api/v1/ticket-tasks/{task_id}/done": {"outcome": "x"}}
 
 
 async def test_every_route_hides_other_tenants_and_other_shoppers(app, shop, other_shop, client):

@@ -26,6 +26,7 @@ from shopdesk.customers.actions import do_upsert_customer, get_customer
 from shopdesk.notifications.actions import emit_webhook
 from shopdesk.tickets import sla as slarules
 from shopdesk.tickets import states
+from shopdesk.tickets.automation import run_triggers
 from shopdesk.tickets.calendar import BusinessCalendar
 from shopdesk.tickets.models import BusinessCalendar as CalendarRow
 from shopdesk.tickets.models import SlaPolicy, Ticket, TicketEvent, TicketReply
@@ -198,7 +199,7 @@ async def _requester_email(session: AsyncSession, ticket: Ticket) -> str | None:
 
 
 async def _mail_requester(session: AsyncSession, ticket: Ticket, subject: str, body: str, *,
-                          reply: TicketReply | None = None) -> None:
+                          reply: TicketReply | None = None, automatic: bool = False) -> None:
     to = await _requester_email(session, ticket)
     if not to:
         return
@@ -208,6 +209,9 @@ async def _mail_requester(session: AsyncSession, ticket: Ticket, subject: str, b
                "headers": {"X-Shopdesk-Ticket": ticket.number}}
     if reply is not None:
         payload["message_id"] = f"<{ticket.number}.{reply.id}@shopdesk>"
+    if automatic:
+        # RFC 3834: other desks and auto-responders must not answer an automatic mail (no loops).
+        payload["headers"]["Auto-Submitted"] = "auto-replied"
     enqueue(session, "email", payload, ticket.merchant_id)
 
 
@@ -293,7 +297,7 @@ async def do_create_ticket(session: AsyncSession, principal: Principal, body: Ti
         conversation_id=conversation_id, assignee_id=body.assignee_id, team=body.team, tags=_clean_tags(body.tags),
         custom_fields=dict(body.custom_fields), watchers=[], urge_count=0,
         parent_id=parent.id if parent else None, sla_emitted=[], sla_breaches=[], applied_rules=[], rating_comment="",
-        created_at=at, updated_at=at)
+        created_at=at, updated_at=at, status_changed_at=at)
     session.add(ticket)
     who = actor or actor_of(principal)
     _event(session, ticket, who, "create", channel=body.channel, priority=body.priority, category=body.category,
@@ -304,6 +308,7 @@ async def do_create_ticket(session: AsyncSession, principal: Principal, body: Ti
         await _auto_assign(session, ticket)
     await apply_sla(session, ticket)
     await emit_webhook(session, merchant_id, "ticket.created", {"ticket": _summary(ticket)})
+    await run_triggers(session, ticket, "create")
     if _requester_side(principal) or body.channel in ("email", "web"):
         await _mail_requester(session, ticket, f"我们已收到您的工单：{ticket.subject}",
                               f"您好，您的工单 {ticket.number} 已收到，客服会尽快回复您。")
@@ -335,9 +340,12 @@ async def _set_status(session: AsyncSession, ticket: Ticket, target: states.Stat
     _event(session, ticket, actor, "status", **{"from": before, "to": target.name, "from_group": before_group,
                                                 "to_group": target.group})
     at = now()
+    ticket.status_changed_at = at
+    ticket.applied_rules = []  # time rules run once per status: "pending 3 days → remind" may run again later
     if target.group == "solved" and before_group != "solved":
         ticket.solved_at = at
         await _open_survey(session, ticket)
+        await _schedule_revisit(session, ticket)
     elif target.group == "closed":
         ticket.closed_at = at
     elif before_group in ("solved",) and target.group in ("open", "pending"):
@@ -352,6 +360,41 @@ async def _open_survey(session: AsyncSession, ticket: Ticket) -> None:
         await _mail_requester(session, ticket, f"您的工单已解决：{ticket.subject}",
                               f"您好，工单 {ticket.number} 已处理完毕。请为本次服务打分（1–5 星），"
                               "如问题仍未解决，直接回复即可重新打开工单。")
+
+
+async def _schedule_revisit(session: AsyncSession, ticket: Ticket) -> None:
+    """回访: after a solve, a task for the agent to call or message the customer back (settings tickets.followup)."""
+    from shopdesk.tickets.channel_models import TicketTask
+
+    followup = (await ticket_settings(session, ticket.merchant_id)).get("followup") or {}
+    hours = followup.get("revisit_after_hours")
+    only = followup.get("priorities") or []
+    if not hours or (only and ticket.priority not in only):
+        return
+    task = TicketTask(merchant_id=ticket.merchant_id, ticket_id=ticket.id, kind="revisit",
+                      assignee_id=ticket.assignee_id, due_at=now() + timedelta(hours=hours), status="open",
+                      note=followup.get("note") or "回访客户，确认问题已解决", outcome="")
+    session.add(task)
+    _event(session, ticket, ("system", None), "revisit_scheduled", due_at=isoformat(task.due_at))
+
+
+async def do_finish_task(session: AsyncSession, principal: Principal, task_id: str, outcome: str,
+                         status: str = "done") -> "TicketTask":
+    """Close a follow-up task with what the customer said."""
+    from shopdesk.tickets.channel_models import TicketTask
+
+    merchant_id = principal.require_merchant_side()
+    task = await session.get(TicketTask, task_id, with_for_update=True, populate_existing=True)
+    if task is None or task.merchant_id != merchant_id:
+        raise NotFound("no such task")
+    if task.status != "open":
+        raise Conflict(f"the task is {task.status}", code="illegal_transition")
+    if status not in ("done", "cancelled"):
+        raise ValidationFailed("status must be done or cancelled", field="status")
+    task.status, task.outcome, task.done_at = status, outcome, now()
+    ticket = await access_ticket(session, principal, task.ticket_id, lock=True)
+    _event(session, ticket, actor_of(principal), "revisit_done", task_id=task.id, status=status, outcome=outcome)
+    return task
 
 
 async def do_update_ticket(session: AsyncSession, principal: Principal, ticket_id: str, body: TicketPatch) -> Ticket:
@@ -414,6 +457,7 @@ async def do_update_ticket(session: AsyncSession, principal: Principal, ticket_i
         ticket.version += 1
         await apply_sla(session, ticket)
         await emit_webhook(session, ticket.merchant_id, "ticket.updated", {"ticket": _summary(ticket)})
+        await run_triggers(session, ticket, "update")
     return ticket
 
 
@@ -446,6 +490,8 @@ async def do_reply(session: AsyncSession, principal: Principal, ticket_id: str, 
         if ticket.status_group == "new":
             await _set_status(session, ticket, await _status(session, ticket.merchant_id, "open"), actor)
         await _mail_requester(session, ticket, f"回复：{ticket.subject}", body, reply=reply)
+    elif kind == "system" and public:
+        await _mail_requester(session, ticket, f"回复：{ticket.subject}", body, reply=reply, automatic=True)
     elif kind == "shopper":
         # The requester wrote again: a solved or waiting ticket is back on the desk.
         if ticket.status_group in ("pending", "solved"):
@@ -461,6 +507,7 @@ async def do_reply(session: AsyncSession, principal: Principal, ticket_id: str, 
     await apply_sla(session, ticket)
     await emit_webhook(session, ticket.merchant_id, "ticket.replied",
                        {"ticket": _summary(ticket), "reply": {"id": reply.id, "public": public, "author": kind}})
+    await run_triggers(session, ticket, "update")
     return reply
 
 
@@ -493,18 +540,28 @@ async def do_urge(session: AsyncSession, principal: Principal, ticket_id: str) -
     return ticket
 
 
-async def do_rate(session: AsyncSession, principal: Principal, ticket_id: str, score: int, comment: str) -> Ticket:
-    """The requester rates a solved ticket (1–5); a later rating replaces the earlier one."""
+async def do_rate(session: AsyncSession, principal: Principal, ticket_id: str, score: int, comment: str,
+                  answers: dict | None = None) -> Ticket:
+    """The requester rates a solved ticket on the merchant's scale; a later rating replaces the earlier one."""
     ticket = await access_ticket(session, principal, ticket_id, lock=True)
     if not _requester_side(principal):
         raise Forbidden("only the requester rates a ticket", code="wrong_actor")
     if ticket.status_group not in ("solved", "closed") or ticket.merged_into_id:
         raise Conflict("a ticket is rated once it is solved", code="illegal_transition")
+    survey = (await ticket_settings(session, ticket.merchant_id)).get("survey") or {"scale": 5, "questions": []}
+    if score > survey["scale"]:
+        raise ValidationFailed(f"the score is 1 to {survey['scale']}", field="score")
+    keys = {q["key"] for q in survey["questions"]}
+    for key in answers or {}:
+        if key not in keys:
+            raise ValidationFailed("not a question of this survey", field=f"answers.{key}")
     ticket.rating_score, ticket.rating_comment, ticket.rated_at = score, comment, now()
-    _event(session, ticket, actor_of(principal), "rating", score=score, comment=comment)
+    _event(session, ticket, actor_of(principal), "rating", score=score, scale=survey["scale"], comment=comment,
+           answers=answers or {})
     ticket.version += 1
     await emit_webhook(session, ticket.merchant_id, "ticket.rated",
-                       {"ticket": _summary(ticket), "score": score, "comment": comment})
+                       {"ticket": _summary(ticket), "score": score, "scale": survey["scale"], "comment": comment,
+                        "answers": answers or {}})
     record(session, merchant_id=ticket.merchant_id, actor_type="shopper", actor_id=actor_of(principal)[1],
            action="ticket.rating", object_type="ticket", object_id=ticket.id, data={"score": score})
     return ticket
@@ -565,6 +622,7 @@ async def do_merge(session: AsyncSession, principal: Principal, ticket_id: str, 
     before, before_group = source.status, source.status_group
     source.merged_into_id = target.id
     source.status, source.status_group, source.closed_at = "closed", "closed", now()
+    source.status_changed_at = source.closed_at
     _event(session, source, actor, "status", **{"from": before, "to": "closed", "from_group": before_group,
                                                 "to_group": "closed", "reason": "merged"})
     _event(session, source, actor, "merged", into_id=target.id, into_number=target.number)
@@ -672,7 +730,8 @@ def _check_name(name: str) -> None:
 
 
 async def do_update_ticket_settings(session: AsyncSession, principal: Principal, statuses: list[dict] | None,
-                                    categories: list[str] | None, assignment: dict | None = None) -> dict:
+                                    categories: list[str] | None, assignment: dict | None = None,
+                                    followup: dict | None = None, survey: dict | None = None) -> dict:
     from shopdesk.accounts.models import Merchant
 
     merchant_id = principal.require_merchant_side()
@@ -693,11 +752,73 @@ async def do_update_ticket_settings(session: AsyncSession, principal: Principal,
         from shopdesk.tickets.assignment import check_rules
 
         current["assignment"] = check_rules(assignment)
+    if followup is not None:
+        hours = followup.get("revisit_after_hours")
+        if hours is not None and (not isinstance(hours, int) or not 1 <= hours <= 24 * 90):
+            raise ValidationFailed("whole hours, 1 to 2160", field="followup.revisit_after_hours")
+        priorities = followup.get("priorities") or []
+        if not isinstance(priorities, list) or any(p not in states.PRIORITIES for p in priorities):
+            raise ValidationFailed("a list of priorities", field="followup.priorities")
+        current["followup"] = {"revisit_after_hours": hours, "priorities": priorities,
+                               "note": str(followup.get("note") or "")[:500]}
+    if survey is not None:
+        scale = survey.get("scale", 5)
+        if scale not in (2, 3, 5):
+            raise ValidationFailed("scale is 2, 3 or 5", field="survey.scale")
+        questions = survey.get("questions") or []
+        if not isinstance(questions, list) or len(questions) > 10 or not all(
+                isinstance(q, dict) and q.get("key") and q.get("label") for q in questions):
+            raise ValidationFailed("at most 10 questions, each with a key and a label", field="survey.questions")
+        current["survey"] = {"scale": scale, "questions": [{"key": str(q["key"])[:32], "label": str(q["label"])[:100]}
+                                                           for q in questions]}
     merchant.settings = {**(merchant.settings or {}), "tickets": current}
     session.info.setdefault("merchants", {})[merchant_id] = merchant
     record(session, merchant_id=merchant_id, actor_type=principal.actor, actor_id=principal.actor_id,
            action="settings.tickets", object_type="merchant", object_id=merchant_id, data=current)
     return current
+
+
+async def do_put_rule(session: AsyncSession, principal: Principal, name: str, body) -> "TicketRule":
+    """Create or replace an automation rule or macro (admins and supervisors, audited)."""
+    from shopdesk.tickets.automation import check_rule
+    from shopdesk.tickets.channel_models import TicketRule
+
+    merchant_id = principal.require_merchant_side()
+    principal.require_role("admin", "supervisor")
+    _check_name(name)
+    check_rule(body.kind, body.conditions, body.actions)
+    for i, a in enumerate(body.actions):
+        if a.get("type") == "assign" and a.get("staff_id"):
+            await _check_assignee(session, merchant_id, a["staff_id"], field=f"actions[{i}].staff_id")
+        if a.get("type") == "set" and a.get("field") == "status":
+            await _status(session, merchant_id, a.get("value") or "", field=f"actions[{i}].value")
+    row = (await session.execute(select(TicketRule).where(TicketRule.merchant_id == merchant_id,
+                                                          TicketRule.name == name).with_for_update())
+           ).scalar_one_or_none()
+    if row is None:
+        row = TicketRule(merchant_id=merchant_id, name=name)
+        session.add(row)
+    row.kind, row.conditions, row.actions = body.kind, body.conditions, body.actions
+    row.active, row.position = body.active, body.position
+    record(session, merchant_id=merchant_id, actor_type=principal.actor, actor_id=principal.actor_id,
+           action="settings.ticket_rule", object_type="ticket_rule", object_id=name, data=body.model_dump())
+    return row
+
+
+async def do_apply_macro(session: AsyncSession, principal: Principal, ticket_id: str, name: str) -> Ticket:
+    """An agent runs a macro on a ticket: its actions, done in the agent's name."""
+    from shopdesk.tickets.automation import apply_actions
+    from shopdesk.tickets.channel_models import TicketRule
+
+    ticket = await access_ticket(session, principal, ticket_id, lock=True)
+    _staff_side(principal)
+    macro = (await session.execute(select(TicketRule).where(
+        TicketRule.merchant_id == ticket.merchant_id, TicketRule.name == name, TicketRule.kind == "macro",
+        TicketRule.active.is_(True)))).scalar_one_or_none()
+    if macro is None:
+        raise NotFound("no such macro")
+    await apply_actions(session, ticket, macro.actions, rule_name=macro.name, principal=principal)
+    return ticket
 
 
 # --------------------------------------------------------------------------------------------

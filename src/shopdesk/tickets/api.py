@@ -11,8 +11,9 @@ from shopdesk.core.pagination import clamp_limit, decode_cursor, encode_cursor
 from shopdesk.tickets import actions
 from shopdesk.tickets.models import BusinessCalendar, SlaPolicy, Ticket
 from shopdesk.tickets.queries import events_of, list_tickets, replies_of, reply_out, ticket_out
-from shopdesk.tickets.schemas import (CalendarIn, MergeIn, RatingIn, ReplyIn, SlaPolicyIn, SplitIn, TicketIn,
-                                      TicketPatch, TicketSettingsIn)
+from shopdesk.tickets.channel_models import TicketRule, TicketTask
+from shopdesk.tickets.schemas import (CalendarIn, MergeIn, RatingIn, ReplyIn, RuleIn, SlaPolicyIn, SplitIn,
+                                      TaskDoneIn, TicketIn, TicketPatch, TicketSettingsIn)
 from shopdesk.web.deps import CurrentPrincipal, DbSession
 from shopdesk.web.responses import create_once, page
 
@@ -101,7 +102,7 @@ async def urge(ticket_id: str, session: DbSession, principal: CurrentPrincipal) 
 @router.post("/tickets/{ticket_id}/rating")
 async def rate(ticket_id: str, body: RatingIn, session: DbSession, principal: CurrentPrincipal) -> dict:
     async with session.begin():
-        ticket = await actions.do_rate(session, principal, ticket_id, body.score, body.comment)
+        ticket = await actions.do_rate(session, principal, ticket_id, body.score, body.comment, body.answers)
         return await full_ticket(session, ticket, principal)
 
 
@@ -152,12 +153,66 @@ async def get_ticket_settings(session: DbSession, principal: CurrentPrincipal) -
     merchant_id = principal.require_merchant_side()
     current = await actions.ticket_settings(session, merchant_id)
     return {"built_in_statuses": [s.__dict__ for s in BUILT_IN], "statuses": current.get("statuses", []),
-            "categories": current.get("categories", []), "assignment": current.get("assignment", {"method": "none"})}
+            "categories": current.get("categories", []), "assignment": current.get("assignment", {"method": "none"}),
+            "followup": current.get("followup", {"revisit_after_hours": None}),
+            "survey": current.get("survey", {"scale": 5, "questions": []})}
 
 
 @router.put("/settings/tickets")
 async def put_ticket_settings(body: TicketSettingsIn, session: DbSession, principal: CurrentPrincipal):
     async with session.begin():
         current = await actions.do_update_ticket_settings(session, principal, body.statuses, body.categories,
-                                                          body.assignment)
+                                                          body.assignment, body.followup, body.survey)
     return JSONResponse(current)
+
+
+# --- automation, macros and follow-up tasks ------------------------------------------------------
+def rule_out(row: TicketRule) -> dict:
+    return {"id": row.id, "name": row.name, "kind": row.kind, "conditions": row.conditions, "actions": row.actions,
+            "active": row.active, "position": row.position}
+
+
+@router.put("/settings/ticket-rules/{name}")
+async def put_rule(name: str, body: RuleIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        return rule_out(await actions.do_put_rule(session, principal, name, body))
+
+
+@router.get("/settings/ticket-rules")
+async def get_rules(session: DbSession, principal: CurrentPrincipal, kind: str | None = None) -> dict:
+    merchant_id = principal.require_merchant_side()
+    stmt = select(TicketRule).where(TicketRule.merchant_id == merchant_id)
+    if kind:
+        stmt = stmt.where(TicketRule.kind == kind)
+    rows = (await session.execute(stmt.order_by(TicketRule.kind, TicketRule.position, TicketRule.name))).scalars()
+    return {"items": [rule_out(r) for r in rows]}
+
+
+@router.post("/tickets/{ticket_id}/macros/{name}")
+async def apply_macro(ticket_id: str, name: str, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        ticket = await actions.do_apply_macro(session, principal, ticket_id, name)
+        return await full_ticket(session, ticket, principal)
+
+
+def task_out(task: TicketTask) -> dict:
+    return {"id": task.id, "ticket_id": task.ticket_id, "kind": task.kind, "assignee_id": task.assignee_id,
+            "due_at": isoformat(task.due_at), "status": task.status, "note": task.note, "outcome": task.outcome,
+            "done_at": isoformat(task.done_at)}
+
+
+@router.get("/ticket-tasks")
+async def list_tasks(session: DbSession, principal: CurrentPrincipal, status: str = "open",
+                     assignee: str | None = None) -> dict:
+    merchant_id = principal.require_merchant_side()
+    stmt = select(TicketTask).where(TicketTask.merchant_id == merchant_id, TicketTask.status == status)
+    if assignee:
+        stmt = stmt.where(TicketTask.assignee_id == (principal.staff_id if assignee == "me" else assignee))
+    rows = (await session.execute(stmt.order_by(TicketTask.due_at).limit(200))).scalars()
+    return {"items": [task_out(t) for t in rows], "next_cursor": None}
+
+
+@router.post("/ticket-tasks/{task_id}/done")
+async def finish_task(task_id: str, body: TaskDoneIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    async with session.begin():
+        return task_out(await actions.do_finish_task(session, principal, task_id, body.outcome, body.status))

@@ -35,11 +35,12 @@ def check_rules(rules: dict) -> dict:
     return out
 
 
-async def choose_assignee(session: AsyncSession, ticket) -> str | None:
+async def choose_assignee(session: AsyncSession, ticket, method: str | None = None) -> str | None:
+    """Pick an assignee by the merchant's rule (or the method an automation action names)."""
     from shopdesk.tickets.actions import ticket_settings
 
     rules = (await ticket_settings(session, ticket.merchant_id)).get("assignment") or {}
-    method = rules.get("method", "none")
+    method = method or rules.get("method", "none")
     if method == "none":
         return None
     language = (ticket.custom_fields or {}).get("language")

@@ -15,7 +15,7 @@ class Ticket(Base):
         UniqueConstraint("merchant_id", "number"),
         # The inbox and the list read open tickets of one merchant newest-activity first.
         Index("ix_ticket_merchant_group_updated", "merchant_id", "status_group", "updated_at"),
-        Index("ix_ticket_merchant_assignee", "merchant_id", "assignee_id", "status_group"),
+        Index("ix_ticket_merchant_assignee", "merchant_id", "assignee_id", "status_group", "updated_at"),
         Index("ix_ticket_sla_check", "sla_check_at"),
     )
     id: Mapped[str] = id_column()
@@ -61,6 +61,7 @@ class Ticket(Base):
     rated_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = created_column()
     updated_at: Mapped[datetime] = created_column()
+    status_changed_at: Mapped[datetime] = created_column()  # time rules count "pending for 3 days" from here
     solved_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
 

@@ -69,6 +69,7 @@ class SplitIn(Strict):
 class RatingIn(Strict):
     score: int = Field(ge=1, le=5)
     comment: str = Field(default="", max_length=2000)
+    answers: dict[str, str | int] = Field(default={}, max_length=20)  # the merchant's survey questions
 
 
 class CalendarIn(Strict):
@@ -97,3 +98,18 @@ class TicketSettingsIn(Strict):
     statuses: list[dict] | None = Field(default=None, max_length=50)
     categories: list[str] | None = Field(default=None, max_length=200)
     assignment: dict | None = None
+    followup: dict | None = None  # {"revisit_after_hours": 72, "priorities": ["high", "urgent"], "note": "…"}
+    survey: dict | None = None  # {"scale": 5, "questions": [{"key": "speed", "label": "处理速度"}]}
+
+
+class RuleIn(Strict):
+    kind: Literal["create", "update", "time", "macro"]
+    conditions: list[dict] = Field(default=[], max_length=20)
+    actions: list[dict] = Field(min_length=1, max_length=20)
+    active: bool = True
+    position: int = Field(default=0, ge=0, le=10_000)
+
+
+class TaskDoneIn(Strict):
+    outcome: str = Field(default="", max_length=2000)
+    status: Literal["done", "cancelled"] = "done"

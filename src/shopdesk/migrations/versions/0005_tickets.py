@@ -216,6 +216,7 @@ def upgrade() -> None:
     sa.Column('rated_at', shopdesk.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('created_at', shopdesk.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', shopdesk.core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('status_changed_at', shopdesk.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('solved_at', shopdesk.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('closed_at', shopdesk.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], name=op.f('fk_ticket_customer_id_customer')),
@@ -225,7 +226,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('ticket', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_ticket_customer_id'), ['customer_id'], unique=False)
-        batch_op.create_index('ix_ticket_merchant_assignee', ['merchant_id', 'assignee_id', 'status_group'], unique=False)
+        batch_op.create_index('ix_ticket_merchant_assignee', ['merchant_id', 'assignee_id', 'status_group', 'updated_at'], unique=False)
         batch_op.create_index('ix_ticket_merchant_group_updated', ['merchant_id', 'status_group', 'updated_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_ticket_parent_id'), ['parent_id'], unique=False)
         batch_op.create_index('ix_ticket_sla_check', ['sla_check_at'], unique=False)
