@@ -587,6 +587,10 @@ async def do_send_message(actor: ChatActor, *, client_msg_id: str, text: str | N
                                         mentions=[m for m, _ in mentioned] or None)
                 if via == "email":
                     await _enqueue_reply_email(session, conv, message, email_subject)
+                if actor.kind == "visitor" and conv.status == "offline":
+                    from shopdesk.tickets.listeners import on_message_left
+
+                    await on_message_left(session, conv, message)  # 留言 becomes a ticket someone owns
                 bot_turn = actor.kind == "visitor" and conv.status == "bot"
                 participants = await participant_ids(session, conv.id)
                 for staff_id, _name in mentioned:

@@ -231,3 +231,13 @@ async def online_visitors(session: AsyncSession, actor: ChatActor, limit: int = 
         .order_by(ChatVisitor.last_seen_at.desc()).limit(limit))).all()
     return [{**visitor_out(v, v.id, v.customer_id), "pages": (v.pages or [])[:5], "conversation_id": conv_id}
             for v, conv_id in rows]
+
+
+async def transcript(session: AsyncSession, actor: ChatActor, conversation_id: str, *,
+                     include_notes: bool = False) -> tuple[Conversation, list[ChatMessage]]:
+    """A conversation the caller may see, with its messages in order (a ticket made from it carries them)."""
+    conv = await access_conversation(session, actor, conversation_id)
+    stmt = select(ChatMessage).where(ChatMessage.conversation_id == conv.id)
+    if not include_notes:
+        stmt = stmt.where(ChatMessage.private.is_(False))
+    return conv, list((await session.execute(stmt.order_by(ChatMessage.seq))).scalars())

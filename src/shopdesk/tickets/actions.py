@@ -259,12 +259,15 @@ def _clean_tags(tags: list[str], field: str = "tags") -> list[str]:
 
 
 async def do_create_ticket(session: AsyncSession, principal: Principal, body: TicketIn, *,
-                           conversation_id: str | None = None, actor: tuple[str, str | None] | None = None) -> Ticket:
-    """Open a ticket from any channel; a shopper's own ticket is tied to them."""
+                           conversation_id: str | None = None, actor: tuple[str, str | None] | None = None,
+                           customer_id: str | None = None, acknowledge: bool = False) -> Ticket:
+    """Open a ticket from any channel; a shopper's own ticket is tied to them.
+
+    customer_id and acknowledge are for the channels (chat, email, phone), which know the requester.
+    """
     merchant_id = principal.merchant_id
     if merchant_id is None or principal.is_platform or principal.kind == "ticket_link":
         raise NotFound("not found")
-    customer_id = None
     if principal.kind == "shopper":
         customer_id = principal.customer_id
         if body.assignee_id or body.custom_fields or body.parent_id or body.team:
@@ -309,7 +312,7 @@ async def do_create_ticket(session: AsyncSession, principal: Principal, body: Ti
     await apply_sla(session, ticket)
     await emit_webhook(session, merchant_id, "ticket.created", {"ticket": _summary(ticket)})
     await run_triggers(session, ticket, "create")
-    if _requester_side(principal) or body.channel in ("email", "web"):
+    if acknowledge or _requester_side(principal) or body.channel in ("email", "web"):
         await _mail_requester(session, ticket, f"我们已收到您的工单：{ticket.subject}",
                               f"您好，您的工单 {ticket.number} 已收到，客服会尽快回复您。")
     record(session, merchant_id=merchant_id, actor_type=who[0], actor_id=who[1], action="ticket.create",
@@ -654,8 +657,7 @@ async def do_split(session: AsyncSession, principal: Principal, ticket_id: str, 
                     category=ticket.category, priority=ticket.priority, channel=ticket.channel,
                     order_id=ticket.order_id, aftersales_id=ticket.aftersales_id, tags=list(ticket.tags),
                     team=ticket.team, requester_email=ticket.requester_email, requester_name=ticket.requester_name)
-    new = await do_create_ticket(session, principal_for_new, body)
-    new.customer_id = ticket.customer_id
+    new = await do_create_ticket(session, principal_for_new, body, customer_id=ticket.customer_id)
     reply.ticket_id = new.id
     reply.origin_ticket_id = reply.origin_ticket_id or ticket.id
     actor = actor_of(principal)

@@ -12,7 +12,7 @@ from shopdesk.tickets import actions
 from shopdesk.tickets.models import BusinessCalendar, SlaPolicy, Ticket
 from shopdesk.tickets.queries import events_of, list_tickets, replies_of, reply_out, ticket_out
 from shopdesk.tickets.channel_models import TicketRule, TicketTask
-from shopdesk.tickets.schemas import (CalendarIn, MergeIn, RatingIn, ReplyIn, RuleIn, SlaPolicyIn, SplitIn,
+from shopdesk.tickets.schemas import (CalendarIn, FromChatIn, MergeIn, RatingIn, ReplyIn, RuleIn, SlaPolicyIn, SplitIn,
                                       TaskDoneIn, TicketIn, TicketPatch, TicketSettingsIn)
 from shopdesk.web.deps import CurrentPrincipal, DbSession
 from shopdesk.web.responses import create_once, page
@@ -216,3 +216,17 @@ async def list_tasks(session: DbSession, principal: CurrentPrincipal, status: st
 async def finish_task(task_id: str, body: TaskDoneIn, session: DbSession, principal: CurrentPrincipal) -> dict:
     async with session.begin():
         return task_out(await actions.do_finish_task(session, principal, task_id, body.outcome, body.status))
+
+
+@router.post("/conversations/{conversation_id}/ticket", status_code=201)
+async def ticket_from_chat(conversation_id: str, session: DbSession, principal: CurrentPrincipal,
+                           body: FromChatIn | None = None):
+    """Turn a chat into a ticket, its history attached (201); a chat with an open ticket gets that one (200)."""
+    from shopdesk.tickets.listeners import do_ticket_from_chat
+
+    body = body or FromChatIn()
+    async with session.begin():
+        ticket, new = await do_ticket_from_chat(session, principal, conversation_id, subject=body.subject,
+                                                priority=body.priority, category=body.category)
+        out = await full_ticket(session, ticket, principal)
+    return JSONResponse(out, status_code=201 if new else 200)

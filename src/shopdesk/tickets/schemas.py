@@ -113,3 +113,9 @@ class RuleIn(Strict):
 class TaskDoneIn(Strict):
     outcome: str = Field(default="", max_length=2000)
     status: Literal["done", "cancelled"] = "done"
+
+
+class FromChatIn(Strict):
+    subject: str = Field(default="", max_length=200)
+    priority: Priority = "normal"
+    category: str = Field(default="", max_length=64)
