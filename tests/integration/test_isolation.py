@@ -19,7 +19,8 @@ async def build_objects(shop) -> dict:
     ticket = (await shop.post("/tickets", {"subject": "耳机没声音", "channel": "web", "order_id": order["id"]},
                               buyer)).json()
     task = await build_task(shop)
-    return {"ticket_id": ticket["id"], "task_id": task, "name": "iso-macro", "case_id": case["id"], "order_id": order["id"], "refund_no": case["refunds"][0]["refund_no"],
+    view = (await shop.post("/inbox/views", {"name": "iso", "filters": {}}, shop.agent_token)).json()
+    return {"ticket_id": ticket["id"], "task_id": task, "name": "iso-macro", "view_id": view["id"], "case_id": case["id"], "order_id": order["id"], "refund_no": case["refunds"][0]["refund_no"],
             "upload_id": photo, "external_id": order["customer_id"], "buyer": buyer, **chat}
 
 

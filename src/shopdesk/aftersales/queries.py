@@ -69,3 +69,14 @@ async def list_cases(session: AsyncSession, principal: Principal, *, limit: int,
             stmt = stmt.where(AftersaleCase.id < after_id)
         rows = list((await session.execute(stmt.order_by(AftersaleCase.id.desc()).limit(limit + 1))).scalars())
     return rows[:limit], len(rows) > limit
+
+
+# Statuses in which the merchant must act before the deadline (otherwise the timer acts for them).
+MERCHANT_TURN = ("requested", "awaiting_receipt", "refund_exception", "awaiting_reship", "repairing")
+
+
+def due_soon(merchant_id: str, before: datetime):
+    """Cases waiting on the merchant whose deadline falls before `before` (the unified inbox's after-sales part)."""
+    return select(AftersaleCase).where(AftersaleCase.merchant_id == merchant_id,
+                                       AftersaleCase.status.in_(MERCHANT_TURN),
+                                       AftersaleCase.deadline_at.is_not(None), AftersaleCase.deadline_at < before)

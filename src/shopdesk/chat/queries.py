@@ -241,3 +241,9 @@ async def transcript(session: AsyncSession, actor: ChatActor, conversation_id: s
     if not include_notes:
         stmt = stmt.where(ChatMessage.private.is_(False))
     return conv, list((await session.execute(stmt.order_by(ChatMessage.seq))).scalars())
+
+
+def waiting(merchant_id: str):
+    """Chats waiting for a person: queued for an agent, or left as a 留言 (the unified inbox's chat part)."""
+    return select(Conversation).where(Conversation.merchant_id == merchant_id,
+                                      Conversation.status.in_(("queued", "offline")))

@@ -802,6 +802,7 @@ async def do_put_rule(session: AsyncSession, principal: Principal, name: str, bo
         session.add(row)
     row.kind, row.conditions, row.actions = body.kind, body.conditions, body.actions
     row.active, row.position = body.active, body.position
+    await session.flush()  # the answer carries the new rule's id
     record(session, merchant_id=merchant_id, actor_type=principal.actor, actor_id=principal.actor_id,
            action="settings.ticket_rule", object_type="ticket_rule", object_id=name, data=body.model_dump())
     return row

@@ -12,7 +12,7 @@ from shopdesk.tickets import actions
 from shopdesk.tickets.models import BusinessCalendar, SlaPolicy, Ticket
 from shopdesk.tickets.queries import events_of, list_tickets, replies_of, reply_out, ticket_out
 from shopdesk.tickets.channel_models import TicketRule, TicketTask
-from shopdesk.tickets.schemas import (CalendarIn, FromChatIn, MergeIn, RatingIn, ReplyIn, RuleIn, SlaPolicyIn, SplitIn,
+from shopdesk.tickets.schemas import (CalendarIn, FromChatIn, InboxViewIn, MergeIn, RatingIn, ReplyIn, RuleIn, SlaPolicyIn, SplitIn,
                                       TaskDoneIn, TicketIn, TicketPatch, TicketSettingsIn)
 from shopdesk.web.deps import CurrentPrincipal, DbSession
 from shopdesk.web.responses import create_once, page
@@ -230,3 +230,58 @@ async def ticket_from_chat(conversation_id: str, session: DbSession, principal: 
                                                 priority=body.priority, category=body.category)
         out = await full_ticket(session, ticket, principal)
     return JSONResponse(out, status_code=201 if new else 200)
+
+
+# --- the unified inbox -------------------------------------------------------------------------
+@router.get("/inbox")
+async def inbox(request: Request, session: DbSession, principal: CurrentPrincipal, view: str | None = None,
+                sort: str | None = None, limit: int | None = None, cursor: str | None = None) -> dict:
+    """Open tickets, waiting chats, after-sales cases due within 24 h and revisit tasks, in one list."""
+    from shopdesk.tickets import inbox as box
+
+    principal.require_merchant_side()
+    filters: dict = {}
+    if view:
+        saved = await box.access_view(session, principal, view)
+        filters, sort = dict(saved.filters), sort or saved.sort
+    for key in box.FILTER_KEYS:
+        if key in request.query_params:
+            filters[key] = request.query_params[key]
+    after = decode_cursor(cursor)
+    items, nxt = await box.inbox_page(session, principal, filters, sort=sort or "updated_desc",
+                                      cursor=(after[0], after[1]) if after else None, limit=clamp_limit(limit))
+    return page(items, nxt)
+
+
+@router.get("/inbox/counts")
+async def inbox_counts(session: DbSession, principal: CurrentPrincipal) -> dict:
+    from shopdesk.tickets.inbox import counts
+
+    principal.require_merchant_side()
+    return await counts(session, principal)
+
+
+@router.get("/inbox/views")
+async def list_views(session: DbSession, principal: CurrentPrincipal) -> dict:
+    from shopdesk.tickets.inbox import view_out, views_of
+
+    return {"items": [view_out(v) for v in await views_of(session, principal)]}
+
+
+@router.post("/inbox/views", status_code=201)
+async def save_view(body: InboxViewIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    from shopdesk.tickets.inbox import do_save_view, view_out
+
+    async with session.begin():
+        return view_out(await do_save_view(session, principal, body.name, body.filters, body.sort, body.shared))
+
+
+@router.delete("/inbox/views/{view_id}", status_code=204)
+async def delete_view(view_id: str, session: DbSession, principal: CurrentPrincipal):
+    from fastapi import Response
+
+    from shopdesk.tickets.inbox import do_delete_view
+
+    async with session.begin():
+        await do_delete_view(session, principal, view_id)
+    return Response(status_code=204)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shopdesk.core.db import Base, created_column, id_column
+
+OPEN_TICKET = "status_group IN ('new', 'open', 'pending') AND merged_into_id IS NULL"
 
 
 class Ticket(Base):
@@ -17,6 +19,12 @@ class Ticket(Base):
         Index("ix_ticket_merchant_group_updated", "merchant_id", "status_group", "updated_at"),
         Index("ix_ticket_merchant_assignee", "merchant_id", "assignee_id", "status_group", "updated_at"),
         Index("ix_ticket_sla_check", "sla_check_at"),
+        # The unified inbox reads open tickets newest first, all of them or one assignee's: partial
+        # indexes over exactly the open ones keep the first page and the counts off the solved history.
+        Index("ix_ticket_open_updated", "merchant_id", "updated_at", "id",
+              postgresql_where=text(OPEN_TICKET), sqlite_where=text(OPEN_TICKET)),
+        Index("ix_ticket_open_assignee", "merchant_id", "assignee_id", "updated_at", "id",
+              postgresql_where=text(OPEN_TICKET), sqlite_where=text(OPEN_TICKET)),
     )
     id: Mapped[str] = id_column()
     merchant_id: Mapped[str] = mapped_column(ForeignKey("merchant.id"))

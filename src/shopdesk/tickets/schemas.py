@@ -119,3 +119,10 @@ class FromChatIn(Strict):
     subject: str = Field(default="", max_length=200)
     priority: Priority = "normal"
     category: str = Field(default="", max_length=64)
+
+
+class InboxViewIn(Strict):
+    name: str = Field(min_length=1, max_length=64)
+    filters: dict = {}
+    sort: str = "updated_desc"
+    shared: bool = False

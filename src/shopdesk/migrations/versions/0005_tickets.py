@@ -15,6 +15,8 @@ down_revision = '0004'
 branch_labels = None
 depends_on = None
 
+OPEN_TICKET = "status_group IN ('new', 'open', 'pending') AND merged_into_id IS NULL"
+
 
 def upgrade() -> None:
     op.create_table('call_log',
@@ -227,6 +229,10 @@ def upgrade() -> None:
     with op.batch_alter_table('ticket', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_ticket_customer_id'), ['customer_id'], unique=False)
         batch_op.create_index('ix_ticket_merchant_assignee', ['merchant_id', 'assignee_id', 'status_group', 'updated_at'], unique=False)
+        batch_op.create_index('ix_ticket_open_updated', ['merchant_id', 'updated_at', 'id'], unique=False,
+                              postgresql_where=sa.text(OPEN_TICKET), sqlite_where=sa.text(OPEN_TICKET))
+        batch_op.create_index('ix_ticket_open_assignee', ['merchant_id', 'assignee_id', 'updated_at', 'id'],
+                              unique=False, postgresql_where=sa.text(OPEN_TICKET), sqlite_where=sa.text(OPEN_TICKET))
         batch_op.create_index('ix_ticket_merchant_group_updated', ['merchant_id', 'status_group', 'updated_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_ticket_parent_id'), ['parent_id'], unique=False)
         batch_op.create_index('ix_ticket_sla_check', ['sla_check_at'], unique=False)
@@ -304,6 +310,8 @@ def downgrade() -> None:
 
     op.drop_table('ticket_event')
     with op.batch_alter_table('ticket', schema=None) as batch_op:
+        batch_op.drop_index('ix_ticket_open_updated')
+        batch_op.drop_index('ix_ticket_open_assignee')
         batch_op.drop_index('ix_ticket_sla_check')
         batch_op.drop_index(batch_op.f('ix_ticket_parent_id'))
         batch_op.drop_index('ix_ticket_merchant_group_updated')
