@@ -25,6 +25,9 @@ class Ticket(Base):
               postgresql_where=text(OPEN_TICKET), sqlite_where=text(OPEN_TICKET)),
         Index("ix_ticket_open_assignee", "merchant_id", "assignee_id", "updated_at", "id",
               postgresql_where=text(OPEN_TICKET), sqlite_where=text(OPEN_TICKET)),
+        # The inbox counts read this one alone (an index-only scan), never the table.
+        Index("ix_ticket_open_counts", "merchant_id", "status_group", "assignee_id", "urge_count",
+              postgresql_where=text(OPEN_TICKET), sqlite_where=text(OPEN_TICKET)),
     )
     id: Mapped[str] = id_column()
     merchant_id: Mapped[str] = mapped_column(ForeignKey("merchant.id"))

@@ -233,6 +233,8 @@ def upgrade() -> None:
                               postgresql_where=sa.text(OPEN_TICKET), sqlite_where=sa.text(OPEN_TICKET))
         batch_op.create_index('ix_ticket_open_assignee', ['merchant_id', 'assignee_id', 'updated_at', 'id'],
                               unique=False, postgresql_where=sa.text(OPEN_TICKET), sqlite_where=sa.text(OPEN_TICKET))
+        batch_op.create_index('ix_ticket_open_counts', ['merchant_id', 'status_group', 'assignee_id', 'urge_count'],
+                              unique=False, postgresql_where=sa.text(OPEN_TICKET), sqlite_where=sa.text(OPEN_TICKET))
         batch_op.create_index('ix_ticket_merchant_group_updated', ['merchant_id', 'status_group', 'updated_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_ticket_parent_id'), ['parent_id'], unique=False)
         batch_op.create_index('ix_ticket_sla_check', ['sla_check_at'], unique=False)
@@ -310,6 +312,7 @@ def downgrade() -> None:
 
     op.drop_table('ticket_event')
     with op.batch_alter_table('ticket', schema=None) as batch_op:
+        batch_op.drop_index('ix_ticket_open_counts')
         batch_op.drop_index('ix_ticket_open_updated')
         batch_op.drop_index('ix_ticket_open_assignee')
         batch_op.drop_index('ix_ticket_sla_check')
