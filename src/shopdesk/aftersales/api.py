@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from shopdesk.accounts.auth import Principal
 from shopdesk.accounts.models import Merchant
-from shopdesk.aftersales import actions
+from shopdesk.aftersales import actions, states
 from shopdesk.aftersales.models import AftersaleCase, Upload
 from shopdesk.aftersales.policy import aftersales_settings
 from shopdesk.aftersales.queries import list_cases, refunds_by_case
@@ -38,8 +38,7 @@ def quote_out(q) -> dict:
 
 
 async def full_case(session, case: AftersaleCase, principal: Principal) -> dict:
-    # Refund rows are written at approval at the earliest, so a case never approved has none.
-    refunds = (await refunds_by_case(session, [case.id]))[case.id] if case.approved_at else []
+    refunds = (await refunds_by_case(session, [case.id]))[case.id] if states.may_have_refunds(case) else []
     return actions.case_out(case, refunds, shopper=principal.kind == "shopper")
 
 

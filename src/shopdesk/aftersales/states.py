@@ -80,3 +80,13 @@ def next_status(action: str, status: str, case_type: str) -> str:
 
 def allowed_actions(status: str) -> list[str]:
     return [a for a, moves in TRANSITIONS.items() if status in moves]
+
+
+# Refund rows are written when money moves: on entering refunding (_start_refunds) and, for an
+# exchange, at approval (the price difference). Before that a case has none to show.
+BEFORE_MONEY = ("requested", "offer_pending", "awaiting_return", "awaiting_receipt")
+
+
+def may_have_refunds(case) -> bool:
+    """Whether a case can have refund rows yet (saves a read for the cases that cannot)."""
+    return case.approved_at is not None and (case.type == "exchange" or case.status not in BEFORE_MONEY)
