@@ -158,4 +158,58 @@ async def _build(session) -> str:
     await cases.do_ship_return(session, shopper("DM1010"), c.id, "shunfeng", "SF1234567890")
     await cases.do_receive(session, staff, c.id, "ok", "包装完好，不影响二次销售")
     await open_case("DM1001", "refund_only", "dont_want", 1, note="拍错了，还没发货")
+    await _tickets(session, merchant, people, orders, shopper, staff)
     return key
+
+
+async def _tickets(session, merchant, people, orders, shopper, staff) -> None:
+    """Tickets in every state worth showing, with a working-hours SLA and a custom status."""
+    from shopdesk.tickets import actions as tickets
+    from shopdesk.tickets.schemas import CalendarIn, RuleIn, SlaPolicyIn, TicketIn, TicketPatch
+
+    admin = Principal("staff", merchant.id, staff_id=people["admin"].id, role="admin", name="管理员")
+    week = {d: [["09:00", "12:00"], ["13:30", "18:00"]] for d in ("mon", "tue", "wed", "thu", "fri")}
+    await tickets.do_put_calendar(session, admin, "workdays", CalendarIn(
+        time_zone="Asia/Shanghai", hours=week, holidays=["2027-01-01", "2027-02-16", "2027-02-17"]))
+    await tickets.do_put_policy(session, admin, "urgent", SlaPolicyIn(
+        calendar="workdays", match={"priority": ["urgent", "high"]}, first_response_minutes=30,
+        next_response_minutes=60, resolution_minutes=8 * 60))
+    await tickets.do_put_policy(session, admin, "standard", SlaPolicyIn(
+        calendar="workdays", first_response_minutes=4 * 60, next_response_minutes=8 * 60,
+        resolution_minutes=3 * 9 * 60, position=1))
+    await tickets.do_update_ticket_settings(
+        session, admin, [{"name": "waiting_warehouse", "group": "pending", "label_zh": "等待仓库", "label_en": "Warehouse"}],
+        ["物流", "质量", "发票", "售后", "咨询"], {"method": "round_robin"}, {"revisit_after_hours": 72},
+        {"scale": 5, "questions": [{"key": "speed", "label": "处理速度"}, {"key": "attitude", "label": "服务态度"}]})
+    await tickets.do_put_rule(session, admin, "物流自动分类", RuleIn(
+        kind="create", conditions=[{"field": "subject", "op": "contains", "value": "快递"}],
+        actions=[{"type": "set", "field": "category", "value": "物流"}, {"type": "add_tags", "tags": ["物流"]}]))
+    await tickets.do_put_rule(session, admin, "待回复提醒", RuleIn(
+        kind="time", conditions=[{"field": "status_group", "op": "is", "value": "pending"},
+                                 {"field": "hours_in_status", "op": "gte", "value": 72}],
+        actions=[{"type": "reply", "body": "您好，工单 {{number}} 还在等您的回复，问题解决了吗？"}]))
+    await tickets.do_put_rule(session, admin, "请补充照片", RuleIn(
+        kind="macro", actions=[{"type": "reply", "body": "麻烦您拍一张商品问题处的照片发给我们，谢谢！"},
+                               {"type": "set", "field": "status", "value": "pending"}]))
+
+    async def ticket(no: str, subject: str, text: str, **kw):
+        body = TicketIn(subject=subject, description=text, channel="web", order_id=orders[no].id, **kw)
+        return await tickets.do_create_ticket(session, shopper(no), body)
+
+    await ticket("DM1002", "快递三天没有更新物流", "单号一直停在转运中心，麻烦帮忙催一下。")
+    shrunk = await ticket("DM1003", "T恤洗后缩水严重", "只洗了一次就缩了一个码，质量有问题吧？", priority="high")
+    await tickets.do_reply(session, staff, shrunk.id, "非常抱歉给您带来不便！麻烦提供一下洗标和衣服平铺的照片，我们马上处理。")
+    t = await ticket("DM1006", "鲜花礼盒少了一支", "说好的 99 朵只有 98 朵。")
+    await tickets.do_reply(session, staff, t.id, "已联系仓库核实出库记录，请稍候。")
+    await tickets.do_update_ticket(session, staff, t.id, TicketPatch(status="waiting_warehouse"))
+    await tickets.do_urge(session, shopper("DM1006"), t.id)
+    t = await ticket("DM1007", "需要开具增值税专用发票", "公司报销需要专票，抬头和税号稍后发您。", category="发票")
+    await tickets.do_reply(session, staff, t.id, "专票已开具，电子版已发送到您的邮箱。")
+    await tickets.do_update_ticket(session, staff, t.id, TicketPatch(status="solved"))
+    await tickets.do_rate(session, shopper("DM1007"), t.id, 5, "很快，谢谢！", {"speed": 5, "attitude": 5})
+    a = await ticket("DM1012", "充电宝充不进电", "新买的充电宝插上没反应。")
+    b = await ticket("DM1012", "充电宝坏了怎么办", "昨天问过了，还没人回。")
+    await tickets.do_merge(session, staff, b.id, a.id)
+    await tickets.do_create_ticket(session, Principal("merchant_key", merchant.id), TicketIn(
+        subject="仓库：DM1003 同批次 T 恤抽检", description="请抽检同批次 20 件的缩水率。", channel="api",
+        priority="high", team="仓库", parent_id=shrunk.id))
