@@ -14,6 +14,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
 from jinja2_fragments import render_block
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
 
 from shopdesk.accounts.actions import do_login
 from shopdesk.accounts.auth import SHOPPER_TTL, STAFF_TTL, Principal, resolve, shopper_token
@@ -25,6 +26,7 @@ from shopdesk.core.errors import DomainError, Forbidden, NotFound, RateLimited, 
 from shopdesk.core.money import format_fen
 from shopdesk.core.ratelimit import hit
 from shopdesk.customers.api import lookup_order
+from shopdesk.tickets.models import Ticket
 from shopdesk.web.deps import DbSession
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -233,6 +235,61 @@ async def staff_principal(request: Request, session: DbSession) -> Principal:
 ShopperPage = Annotated[Principal, Depends(shopper_principal)]
 StaffPage = Annotated[Principal, Depends(staff_principal)]
 
+
+# A ticket link from an email ("/shop/tickets/{id}?t=<ticket token>") opens that one ticket without a login.
+# Its token lives in a cookie of its own, scoped to that ticket's path, and is accepted only by
+# requester_principal below, which the ticket's own routes call with the ticket id of their URL.
+TICKET_COOKIE = "sd_ticket"
+
+
+def ticket_path(ticket_id: str) -> str:
+    return f"/shop/tickets/{ticket_id}"
+
+
+def start_ticket_session(response: Response, ticket_id: str, token: str, max_age: int) -> Response:
+    response.set_cookie(TICKET_COOKIE, _signer("ticket").dumps([ticket_id, token]), max_age=max(max_age, 0),
+                        httponly=True, samesite="lax", path=ticket_path(ticket_id))
+    return response
+
+
+async def requester_principal(request: Request, session: Any, ticket_id: str) -> Principal:
+    """Who may act as the requester of this ticket: the shopper session, else this ticket's own link.
+
+    Never a link for another ticket: the cookie is signed with the ticket id, sent only under the
+    ticket's path, and its token must name this ticket (the actions check it once more).
+    """
+    shopper = link = None
+    token = page_token(request, "shop")
+    if token:
+        try:
+            found = await resolve(session, token)
+            shopper = found if found.kind == "shopper" else None
+        except Unauthorized:
+            pass
+    raw = request.cookies.get(TICKET_COOKIE)
+    if raw:
+        try:
+            cookie_ticket, link_token = _signer("ticket").loads(raw)
+            if cookie_ticket == ticket_id:
+                found = await resolve(session, link_token)
+                if found.kind == "ticket_link" and found.ticket_id == ticket_id:
+                    link = found
+        except (BadSignature, TypeError, ValueError, Unauthorized):
+            pass
+    if shopper is not None and link is not None:
+        # Both: the shopper's own ticket is theirs; someone else's (an emailed guest ticket) goes by the link.
+        owner = (await session.execute(select(Ticket.customer_id, Ticket.merchant_id)
+                                       .where(Ticket.id == ticket_id))).first()
+        if owner is None or (owner[0], owner[1]) != (shopper.customer_id, shopper.merchant_id):
+            shopper = None
+    if session.in_transaction():
+        await session.rollback()  # end the read that resolved it; handlers open their own transaction
+    principal = shopper or link
+    if principal is None:
+        raise Unauthorized("no session for this ticket")
+    request.state.principal = principal
+    return principal
+
 router = APIRouter(include_in_schema=False, dependencies=[Depends(check_csrf)])
 
 
@@ -327,3 +384,6 @@ router.include_router(aftersales_pages)
 from shopdesk.chat.pages import router as chat_pages  # noqa: E402
 
 router.include_router(chat_pages)
+from shopdesk.tickets.pages import router as ticket_pages  # noqa: E402
+
+router.include_router(ticket_pages)
