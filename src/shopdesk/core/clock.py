@@ -55,6 +55,11 @@ def parse_instant(text: str) -> datetime:
     return value.astimezone(UTC)
 
 
+def precise(value: datetime) -> str:
+    """An instant to the microsecond, for cursors (isoformat's whole seconds would skip rows in a page break)."""
+    return as_utc(value).isoformat()
+
+
 def isoformat(value: datetime | None) -> str | None:
     value = as_utc(value)
     return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shopdesk.accounts.actions import store_by_code
 from shopdesk.accounts.auth import Principal
 from shopdesk.accounts.models import Staff
 from shopdesk.accounts.queries import merchant_of
@@ -288,6 +289,7 @@ async def do_create_ticket(session: AsyncSession, principal: Principal, body: Ti
     categories = tset.get("categories")
     if body.category and categories and body.category not in categories:
         raise ValidationFailed("unknown category", field="category")
+    store_id = (await store_by_code(session, merchant_id, body.store)).id if body.store else None
     merchant = await merchant_of(session, merchant_id)
     at = now()
     day = at.astimezone(ZoneInfo(merchant.time_zone)).strftime("%Y%m%d")
@@ -295,7 +297,8 @@ async def do_create_ticket(session: AsyncSession, principal: Principal, body: Ti
     ticket = Ticket(
         id=new_id(), merchant_id=merchant_id, number=f"TK{day}-{number:04d}", version=1, subject=body.subject.strip(),
         description=body.description, channel=body.channel, category=body.category, priority=body.priority,
-        status="new", status_group="new", customer_id=customer_id, requester_email=body.requester_email,
+        status="new", status_group="new", customer_id=customer_id, store_id=store_id,
+        requester_email=body.requester_email,
         requester_name=body.requester_name, order_id=body.order_id, aftersales_id=body.aftersales_id,
         conversation_id=conversation_id, assignee_id=body.assignee_id, team=body.team, tags=_clean_tags(body.tags),
         custom_fields=dict(body.custom_fields), watchers=[], urge_count=0,
@@ -658,6 +661,7 @@ async def do_split(session: AsyncSession, principal: Principal, ticket_id: str, 
                     order_id=ticket.order_id, aftersales_id=ticket.aftersales_id, tags=list(ticket.tags),
                     team=ticket.team, requester_email=ticket.requester_email, requester_name=ticket.requester_name)
     new = await do_create_ticket(session, principal_for_new, body, customer_id=ticket.customer_id)
+    new.store_id = ticket.store_id
     reply.ticket_id = new.id
     reply.origin_ticket_id = reply.origin_ticket_id or ticket.id
     actor = actor_of(principal)

@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from shopdesk.accounts.auth import Principal
-from shopdesk.core.clock import isoformat
+from shopdesk.core.clock import isoformat, precise
 from shopdesk.core.pagination import clamp_limit, decode_cursor, encode_cursor
 from shopdesk.tickets import actions
 from shopdesk.tickets.models import BusinessCalendar, SlaPolicy, Ticket
@@ -53,7 +53,7 @@ async def list_(session: DbSession, principal: CurrentPrincipal, status_group: s
                                     priority=priority, q=q, customer_id=customer_id)
     items = [ticket_out(t, requester=_requester(principal)) for t in rows]
     last = rows[-1] if rows else None
-    return page(items, encode_cursor([isoformat(last.updated_at), last.id]) if more and last else None)
+    return page(items, encode_cursor([precise(last.updated_at), last.id]) if more and last else None)
 
 
 @router.get("/tickets/{ticket_id}")

@@ -15,7 +15,7 @@ from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shopdesk.accounts.auth import Principal
-from shopdesk.core.clock import isoformat, now, parse_instant
+from shopdesk.core.clock import isoformat, now, parse_instant, precise
 from shopdesk.core.errors import NotFound, ValidationFailed
 from shopdesk.tickets.channel_models import InboxView, TicketTask
 from shopdesk.tickets.models import Ticket
@@ -198,7 +198,7 @@ async def inbox_page(session: AsyncSession, principal: Principal, filters: dict,
         items += await SOURCES[kind](session, principal, f, after, ascending, limit + 1)
     items.sort(key=lambda i: (i["at"], i["id"]), reverse=not ascending)
     page, more = items[:limit], len(items) > limit
-    nxt = (isoformat(page[-1]["at"]), page[-1]["id"]) if more else None
+    nxt = (precise(page[-1]["at"]), page[-1]["id"]) if more else None
     for item in page:
         item["at"] = isoformat(item["at"])
     from shopdesk.core.pagination import encode_cursor

@@ -86,7 +86,7 @@ def ticket_out(ticket: Ticket, replies: list[TicketReply] | None = None, events:
         "priority": ticket.priority, "status": ticket.status, "status_group": ticket.status_group,
         "assignee": ({"id": ticket.assignee_id} if ticket.assignee_id else None),
         "assignee_id": ticket.assignee_id, "team": ticket.team, "tags": ticket.tags,
-        "customer_id": ticket.customer_id, "order_id": ticket.order_id, "aftersales_id": ticket.aftersales_id,
+        "customer_id": ticket.customer_id, "store_id": ticket.store_id, "order_id": ticket.order_id, "aftersales_id": ticket.aftersales_id,
         "conversation_id": ticket.conversation_id, "parent_id": ticket.parent_id,
         "merged_into": ticket.merged_into_id, "urge_count": ticket.urge_count,
         "sla": {"policy": ticket.sla_policy, "first_response_due_at": isoformat(ticket.first_response_due_at),

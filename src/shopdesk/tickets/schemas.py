@@ -31,6 +31,7 @@ class TicketIn(Strict):
     aftersales_id: str | None = Field(default=None, max_length=32)
     tags: list[str] = Field(default=[], max_length=20)
     # Additions to the contract.
+    store: str | None = Field(default=None, max_length=63)  # the store's code (SLA policies may match on it)
     custom_fields: dict[str, str | int | float | bool | None] = {}
     parent_id: str | None = Field(default=None, max_length=32)
     assignee_id: str | None = Field(default=None, max_length=32)

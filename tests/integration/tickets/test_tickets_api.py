@@ -46,8 +46,13 @@ async def test_create_read_and_list(shop):
     assert r.json()["number"] == t["number"]
 
 
-async def test_list_pages_with_a_cursor(shop):
-    made = [await new_ticket(shop, subject=f"问题 {i}") for i in range(5)]
+async def test_list_pages_with_a_cursor(shop, frozen_clock):
+    from datetime import timedelta
+
+    made = []
+    for i in range(5):  # within one second: a cursor of whole seconds would skip some
+        made.append(await new_ticket(shop, subject=f"问题 {i}"))
+        frozen_clock.advance(timedelta(milliseconds=150))
     seen, cursor = [], None
     while True:
         r = await shop.get("/tickets", params={"limit": 2, **({"cursor": cursor} if cursor else {})})
@@ -213,6 +218,13 @@ async def test_split_moves_one_reply_into_a_new_ticket(shop):
     assert {i["id"] for i in r.json()["items"]} == {t["id"], new["id"]}
     r = await shop.post(f"/tickets/{t['id']}/split", {"reply_id": "nope"}, shop.agent_token)
     assert r.status_code == 422 and r.json()["field"] == "reply_id"
+
+
+async def test_store_is_recorded_and_checked(shop):
+    r = await shop.post("/tickets", {"subject": "天猫店的问题", "store": "main"})
+    assert r.status_code == 201
+    r = await shop.post("/tickets", {"subject": "x", "store": "nope"})
+    assert r.status_code == 422 and r.json()["field"] == "store"
 
 
 async def test_parent_and_child_tickets(shop):
