@@ -3,10 +3,11 @@ import re
 
 from tests.integration.aftersales.test_flows import act, create
 
-PUBLIC = {"/api/v1/payments/notify/{provider_name}"}
+# Called by outside systems and authenticated by their signatures, not by a token (tested in their own files).
+PUBLIC = {"/api/v1/payments/notify/{provider_name}", "/api/v1/hooks/cti/{store}", "/api/v1/hooks/wechat/{store}"}
 # Routes whose path names a setting of the caller's own merchant (PUT creates it): nothing of another to hide.
 OWN_SCOPE = {"/api/v1/settings/calendars/{name}", "/api/v1/settings/sla-policies/{name}",
-             "/api/v1/settings/ticket-rules/{name}"}
+             "/api/v1/settings/ticket-rules/{name}", "/api/v1/settings/wechat/{store}"}
 
 
 async def build_objects(shop) -> dict:

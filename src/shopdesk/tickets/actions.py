@@ -467,6 +467,20 @@ async def do_update_ticket(session: AsyncSession, principal: Principal, ticket_i
     return ticket
 
 
+async def do_bulk_update(session: AsyncSession, principal: Principal, ids: list[str], patch: TicketPatch) -> list[dict]:
+    """Apply one change to many tickets; each succeeds or fails on its own (a savepoint each)."""
+    _staff_side(principal)
+    results = []
+    for ticket_id in dict.fromkeys(ids):
+        try:
+            async with session.begin_nested():
+                ticket = await do_update_ticket(session, principal, ticket_id, patch)
+            results.append({"id": ticket_id, "ok": True, "version": ticket.version})
+        except (NotFound, Conflict, ValidationFailed, Forbidden) as exc:
+            results.append({"id": ticket_id, "ok": False, "code": exc.code, "detail": exc.detail})
+    return results
+
+
 async def do_reply(session: AsyncSession, principal: Principal, ticket_id: str, body: str, *, public: bool = True,
                    channel: str = "api", message_id: str | None = None, attachment_ids: list[str] | None = None,
                    author_type: str | None = None) -> TicketReply:

@@ -12,7 +12,7 @@ from shopdesk.tickets import actions
 from shopdesk.tickets.models import BusinessCalendar, SlaPolicy, Ticket
 from shopdesk.tickets.queries import events_of, list_tickets, replies_of, reply_out, ticket_out
 from shopdesk.tickets.channel_models import TicketRule, TicketTask
-from shopdesk.tickets.schemas import (CalendarIn, FromChatIn, InboxViewIn, MergeIn, RatingIn, ReplyIn, RuleIn, SlaPolicyIn, SplitIn,
+from shopdesk.tickets.schemas import (BulkIn, CalendarIn, FromChatIn, InboxViewIn, MergeIn, RatingIn, ReplyIn, RuleIn, SlaPolicyIn, SplitIn,
                                       TaskDoneIn, TicketIn, TicketPatch, TicketSettingsIn)
 from shopdesk.web.deps import CurrentPrincipal, DbSession
 from shopdesk.web.responses import create_once, page
@@ -54,6 +54,13 @@ async def list_(session: DbSession, principal: CurrentPrincipal, status_group: s
     items = [ticket_out(t, requester=_requester(principal)) for t in rows]
     last = rows[-1] if rows else None
     return page(items, encode_cursor([precise(last.updated_at), last.id]) if more and last else None)
+
+
+@router.post("/tickets/bulk")
+async def bulk(body: BulkIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    """One change (status, priority, assignee, tags, …) to up to 100 tickets; each reports on its own."""
+    async with session.begin():
+        return {"results": await actions.do_bulk_update(session, principal, body.ids, body.patch)}
 
 
 @router.get("/tickets/{ticket_id}")

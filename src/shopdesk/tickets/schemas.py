@@ -127,3 +127,8 @@ class InboxViewIn(Strict):
     filters: dict = {}
     sort: str = "updated_desc"
     shared: bool = False
+
+
+class BulkIn(Strict):
+    ids: list[str] = Field(min_length=1, max_length=100)
+    patch: TicketPatch

@@ -95,3 +95,24 @@ async def test_inbox_is_the_merchants_staff_only(shop, other_shop):
     order = await shop.order()
     buyer = await shop.shopper(order)
     assert (await shop.get("/inbox", buyer)).status_code == 404
+
+
+async def test_bulk_change_reports_each_ticket(shop, other_shop):
+    a = await new_ticket(shop, subject="a")
+    b = await new_ticket(shop, subject="b")
+    theirs = await new_ticket(other_shop, subject="c")
+    merged = await new_ticket(shop, subject="d")
+    await shop.post(f"/tickets/{merged['id']}/merge", {"into": a["id"]}, shop.agent_token)
+    r = await shop.post("/tickets/bulk", {"ids": [a["id"], b["id"], theirs["id"], merged["id"]],
+                                          "patch": {"priority": "high", "tags": ["批量"]}}, shop.agent_token)
+    assert r.status_code == 200, r.text
+    results = {x["id"]: x for x in r.json()["results"]}
+    assert results[a["id"]]["ok"] and results[b["id"]]["ok"]
+    assert results[theirs["id"]] == {"id": theirs["id"], "ok": False, "code": "not_found", "detail": "no such ticket"}
+    assert results[merged["id"]]["ok"] is False and results[merged["id"]]["code"] == "illegal_transition"
+    for t in (a, b):
+        got = (await shop.get(f"/tickets/{t['id']}")).json()
+        assert got["priority"] == "high" and got["tags"] == ["批量"]
+    assert (await other_shop.get(f"/tickets/{theirs['id']}")).json()["priority"] == "normal"
+    r = await shop.post("/tickets/bulk", {"ids": [], "patch": {}}, shop.agent_token)
+    assert r.status_code == 422 and r.json()["field"] == "ids"
