@@ -1,6 +1,7 @@
 """Build test state through the same actions and API a merchant uses."""
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass, field
 
@@ -118,3 +119,24 @@ async def add_agent(shop: Shop, name: str, role: str = "agent") -> str:
                                       password="agent-pass-1", role=role, name=name)
         await session.flush()
         return staff.id
+
+
+@contextlib.contextmanager
+def count_queries():
+    """Collect the SQL statements this process sends (transaction control left out) while the block runs."""
+    from sqlalchemy import event
+
+    from shopdesk.core.db import get_engine
+
+    seen: list[str] = []
+
+    def before(conn, cursor, statement, *args):
+        if not statement.lstrip().upper().startswith(("BEGIN", "PRAGMA", "ROLLBACK", "COMMIT")):
+            seen.append(statement)
+
+    engine = get_engine().sync_engine
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", before)

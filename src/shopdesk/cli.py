@@ -20,6 +20,8 @@ app.add_typer(merchants_app, name="merchants")
 app.add_typer(keys_app, name="api-keys")
 app.add_typer(staff_app, name="staff")
 app.add_typer(timers_app, name="timers")
+mail_app = typer.Typer(no_args_is_help=True, help="The email channel: IMAP polling and the SMTP receiver.")
+app.add_typer(mail_app, name="mail")
 
 
 def run(coro):
@@ -126,6 +128,45 @@ def timers_run(now: Optional[str] = typer.Option(None, "--now", help="ISO-8601 i
     echo_or_fail(go())
 
 
+@mail_app.command("poll")
+def mail_poll(once: bool = typer.Option(False, "--once", help="poll each mailbox until it is drained, then exit"),
+              mailbox: Optional[list[str]] = typer.Option(None, "--mailbox", help="only this mailbox id (repeatable)"),
+              timeout: float = typer.Option(30.0, "--timeout", help="seconds a server may take to answer"),
+              interval: float = typer.Option(60.0, "--interval", help="seconds between polls of a mailbox")) -> None:
+    """Poll the IMAP mailboxes, each in its own task (the worker does this too)."""
+    from shopdesk.core.logging import configure
+    from shopdesk.tickets.email_channel import poll_all_once, run_mail_pollers
+
+    configure(get_settings().log_level)
+    only = set(mailbox) if mailbox else None
+    if not once:
+        run(run_mail_pollers(asyncio.Event(), interval_s=interval, timeout_s=timeout, only=only))
+        return
+    results = run(poll_all_once(only, timeout_s=timeout))
+    for mailbox_id, result in results.items():
+        counts = " ".join(f"{k}={v}" for k, v in sorted(result.statuses.items())) or "nothing new"
+        typer.echo(f"{mailbox_id}: {counts}" + (f" error: {result.error}" if result.error else ""))
+    if any(r.error for r in results.values()):
+        raise typer.Exit(1)
+
+
+@mail_app.command("smtp")
+def mail_smtp(host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(2525, "--port")) -> None:
+    """Receive mail for the mailboxes' addresses by SMTP (others are refused at RCPT with 550)."""
+    from shopdesk.core.logging import configure
+    from shopdesk.tickets.email_channel import start_smtp_receiver
+
+    configure(get_settings().log_level)
+
+    async def serve_smtp():
+        server = await start_smtp_receiver(host, port)
+        typer.echo(f"smtp receiver on {host}:{port}")
+        async with server:
+            await server.serve_forever()
+
+    run(serve_smtp())
+
+
 @app.command()
 def worker(once: bool = typer.Option(False, "--once", help="drain what is due and exit")) -> None:
     """Deliver the outbox (refunds, emails, webhooks) and sweep timers."""
@@ -135,11 +176,11 @@ def worker(once: bool = typer.Option(False, "--once", help="drain what is due an
     configure(get_settings().log_level)
 
     async def drain():
-        totals = {"timers": 0, "refunds": 0, "outbox": 0}
+        totals: dict[str, int] = {}
         while True:
             done = await run_once()
             for k, v in done.items():
-                totals[k] += v
+                totals[k] = totals.get(k, 0) + v
             if not any(done.values()):
                 return totals
 

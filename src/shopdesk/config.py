@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     smtp_host: str = ""
     smtp_port: int = 25
     mail_from: str = "ShopDesk <noreply@shopdesk.local>"
+    # WeChat's API (access tokens, 客服消息); tests point it at a stub on loopback.
+    wechat_api_base: str = "https://api.weixin.qq.com"
     # Where the sandbox payment provider listens; by default the app serves it itself.
     sandbox_psp_url: str = ""
     run_jobs_in_process: bool = True

@@ -134,8 +134,11 @@ def create_app() -> FastAPI:
     from shopdesk.orders.api import router as orders
     from shopdesk.refunds.api import router as refunds
     from shopdesk.tickets.api import router as tickets
+    from shopdesk.tickets.email_api import router as mailboxes
+    from shopdesk.tickets.hooks import router as ticket_hooks
 
-    for router in (accounts, customers, orders, aftersales, refunds, webhooks, kuaidi100, chat, tickets):
+    for router in (accounts, customers, orders, aftersales, refunds, webhooks, kuaidi100, chat, tickets, ticket_hooks,
+                   mailboxes):
         app.include_router(router, prefix="/api/v1")
     from shopdesk.chat.socket import chat_socket
 

@@ -21,8 +21,19 @@ async def build_objects(shop) -> dict:
                               buyer)).json()
     task = await build_task(shop)
     view = (await shop.post("/inbox/views", {"name": "iso", "filters": {}}, shop.agent_token)).json()
-    return {"ticket_id": ticket["id"], "task_id": task, "name": "iso-macro", "view_id": view["id"], "case_id": case["id"], "order_id": order["id"], "refund_no": case["refunds"][0]["refund_no"],
+    call = await build_call(shop)
+    return {"ticket_id": ticket["id"], "task_id": task, "name": "iso-macro", "view_id": view["id"], "call_id": call, "case_id": case["id"], "order_id": order["id"], "refund_no": case["refunds"][0]["refund_no"],
             "upload_id": photo, "external_id": order["customer_id"], "buyer": buyer, **chat}
+
+
+async def build_call(shop) -> str:
+    """A call the PBX reported (signed), as the call log's id."""
+    from tests.integration.tickets.test_phone_hook import cti, secret_of
+
+    r = await cti(shop, await secret_of(shop), {"event": "ringing", "call_id": "iso-call", "caller": "13800000000"})
+    assert r.status_code == 200, r.text
+    calls = (await shop.get("/calls")).json()["items"]
+    return calls[0]["id"]
 
 
 async def build_task(shop) -> str:

@@ -113,12 +113,46 @@ async def process_refunds(limit: int = 100, lease_s: float | None = None, retry_
     return claimed
 
 
+def _angle(message_id: str) -> str:
+    return f"<{message_id.strip().strip('<>')}>"
+
+
+# Headers the payload's `headers` may not set: the ones built from the payload's own keys.
+_OWN_HEADERS = {"from", "to", "subject", "date", "message-id", "in-reply-to", "references", "mime-version",
+                "content-type", "content-transfer-encoding"}
+
+
 async def _send_email(payload: dict) -> str:
+    """Send one outbox email. Optional keys: `from` (a ticket's mailbox), `message_id`, `in_reply_to`,
+    `references` (a list or a space-separated string) and `headers` (extra headers, e.g. X-Shopdesk-Ticket)."""
+    import secrets
+    from email.utils import format_datetime, parseaddr
+
     settings = get_settings()
     msg = EmailMessage()
-    msg["From"] = settings.mail_from
+    sender = payload.get("from") or settings.mail_from
+    msg["From"] = sender
     msg["To"] = payload["to"]
     msg["Subject"] = payload["subject"]
+    msg["Date"] = format_datetime(now())
+    headers = {str(k): str(v) for k, v in (payload.get("headers") or {}).items()}
+    if payload.get("message_id"):
+        msg["Message-ID"] = _angle(payload["message_id"])
+    else:
+        # Our own id, with the ticket number when there is one, so an answer to this mail finds its ticket.
+        domain = parseaddr(sender)[1].rpartition("@")[2] or "shopdesk.local"
+        ticket = next((v for k, v in headers.items() if k.lower() == "x-shopdesk-ticket"), "")
+        msg["Message-ID"] = f"<{ticket + '.' if ticket else ''}{secrets.token_hex(16)}@{domain}>"
+    if payload.get("in_reply_to"):
+        msg["In-Reply-To"] = _angle(payload["in_reply_to"])
+    references = payload.get("references") or []
+    if isinstance(references, str):
+        references = references.split()
+    if references:
+        msg["References"] = " ".join(_angle(r) for r in references)
+    for name, value in headers.items():
+        if name.lower() not in _OWN_HEADERS:
+            msg[name] = value
     msg.set_content(payload["body"])
     if not settings.smtp_host:
         # No SMTP server configured (a laptop demo): keep the mail as a file to read.
@@ -146,6 +180,12 @@ async def _send_webhook(payload: dict, client: httpx.AsyncClient) -> str:
     return f"http {response.status_code}"
 
 
+async def _send_wechat(payload: dict, client: httpx.AsyncClient) -> str:
+    from shopdesk.tickets.wechat import send_customer_service_message
+
+    return await send_customer_service_message(payload, client)
+
+
 async def deliver_outbox(limit: int = 100, lease_s: float = 60, max_attempts: int = 12) -> int:
     async with transaction() as session:
         items = list((await session.execute(
@@ -159,7 +199,10 @@ async def deliver_outbox(limit: int = 100, lease_s: float = 60, max_attempts: in
         for item_id, kind, payload, attempts in work:
             error = None
             try:
-                await (_send_email(payload) if kind == "email" else _send_webhook(payload, client))
+                if kind == "wechat":
+                    await _send_wechat(payload, client)
+                else:
+                    await (_send_email(payload) if kind == "email" else _send_webhook(payload, client))
             except Exception as exc:  # retried with back-off; the receiver de-duplicates by id
                 error = f"{type(exc).__name__}: {exc}"
             async with transaction() as session:
@@ -190,12 +233,15 @@ async def sweep_chat() -> int:
 
 async def sweep_tickets() -> int:
     from shopdesk.tickets.actions import sweep_sla
+    from shopdesk.tickets.automation import sweep_time_rules
 
-    try:
-        return await sweep_sla()
-    except Exception:  # the other sweeps go on
-        log.exception("ticket_sweep_failed")
-        return 0
+    done = 0
+    for step in (sweep_sla, sweep_time_rules):
+        try:
+            done += await step()
+        except Exception:  # the other sweeps go on
+            log.exception("ticket_sweep_failed", step=step.__name__)
+    return done
 
 
 async def run_once() -> dict[str, int]:
@@ -204,13 +250,22 @@ async def run_once() -> dict[str, int]:
 
 
 async def run_forever(stop: asyncio.Event, interval_s: float | None = None) -> None:
+    from shopdesk.tickets.email_channel import run_mail_pollers
+
     interval = interval_s if interval_s is not None else get_settings().job_interval_s
-    while not stop.is_set():
-        try:
-            await run_once()
-        except Exception:
-            log.exception("job_pass_failed")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-        except asyncio.TimeoutError:
-            pass
+    # One task per IMAP mailbox beside the sweeps, so a slow mail server never delays them (docs/email-channel.md).
+    mail = asyncio.create_task(run_mail_pollers(stop), name="imap-supervisor")
+    try:
+        while not stop.is_set():
+            try:
+                await run_once()
+            except Exception:
+                log.exception("job_pass_failed")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        if not stop.is_set():  # cancelled: the pollers go too
+            mail.cancel()
+        await asyncio.gather(mail, return_exceptions=True)

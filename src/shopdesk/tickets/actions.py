@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -32,6 +33,9 @@ from shopdesk.tickets.calendar import BusinessCalendar
 from shopdesk.tickets.models import BusinessCalendar as CalendarRow
 from shopdesk.tickets.models import SlaPolicy, Ticket, TicketEvent, TicketReply
 from shopdesk.tickets.schemas import CalendarIn, SlaPolicyIn, TicketIn, TicketPatch
+
+if TYPE_CHECKING:
+    from shopdesk.tickets.channel_models import TicketRule, TicketTask
 
 TICKET_LINK_TTL = timedelta(days=60)
 
@@ -131,14 +135,16 @@ async def _calendar(session: AsyncSession, merchant_id: str, name: str | None) -
 async def sla_facts(session: AsyncSession, ticket: Ticket) -> list:
     """The ticket's history as the SLA clock reads it: creation, status groups, replies."""
     facts: list = [slarules.TicketCreated(ticket.created_at, "new")]
+    # Ordered by id as well: events of one instant (a frozen clock, one transaction) keep their order.
     events = (await session.execute(select(TicketEvent.at, TicketEvent.data).where(
-        TicketEvent.ticket_id == ticket.id, TicketEvent.action == "status").order_by(TicketEvent.at))).all()
+        TicketEvent.ticket_id == ticket.id, TicketEvent.action == "status").order_by(TicketEvent.at, TicketEvent.id)
+    )).all()
     for at, data in events:
         if data.get("from_group") != data.get("to_group"):
             facts.append(slarules.StatusGroupChanged(at, data["to_group"]))
     replies = (await session.execute(select(TicketReply.created_at, TicketReply.author_type, TicketReply.public)
                                      .where(TicketReply.ticket_id == ticket.id)
-                                     .order_by(TicketReply.created_at))).all()
+                                     .order_by(TicketReply.created_at, TicketReply.id))).all()
     facts += [slarules.ReplyAdded(at, author, public) for at, author, public in replies]
     return facts
 
@@ -205,9 +211,14 @@ async def _mail_requester(session: AsyncSession, ticket: Ticket, subject: str, b
     if not to:
         return
     link = ticket_link(ticket)
+    from shopdesk.tickets.email_channel import reply_envelope  # email_channel imports this module
+
     payload = {"to": to, "subject": f"[#{ticket.number}] {subject}",
                "body": f"{body}\n\n查看并回复工单：{link}\n（直接回复此邮件也可以，请保留标题中的工单号）",
                "headers": {"X-Shopdesk-Ticket": ticket.number}}
+    # The ticket's mailbox as the sender, and In-Reply-To/References, so the answer threads back here.
+    for key, value in (await reply_envelope(session, ticket)).items():
+        payload.setdefault(key, value)
     if reply is not None:
         payload["message_id"] = f"<{ticket.number}.{reply.id}@shopdesk>"
     if automatic:
@@ -261,10 +272,12 @@ def _clean_tags(tags: list[str], field: str = "tags") -> list[str]:
 
 async def do_create_ticket(session: AsyncSession, principal: Principal, body: TicketIn, *,
                            conversation_id: str | None = None, actor: tuple[str, str | None] | None = None,
-                           customer_id: str | None = None, acknowledge: bool = False) -> Ticket:
+                           customer_id: str | None = None, store_id: str | None = None,
+                           acknowledge: bool = False) -> Ticket:
     """Open a ticket from any channel; a shopper's own ticket is tied to them.
 
-    customer_id and acknowledge are for the channels (chat, email, phone), which know the requester.
+    customer_id, store_id and acknowledge are for the channels (chat, email, phone, WeChat), which
+    know the requester and the store before the SLA policy and the assignment rule are chosen.
     """
     merchant_id = principal.merchant_id
     if merchant_id is None or principal.is_platform or principal.kind == "ticket_link":
@@ -289,7 +302,8 @@ async def do_create_ticket(session: AsyncSession, principal: Principal, body: Ti
     categories = tset.get("categories")
     if body.category and categories and body.category not in categories:
         raise ValidationFailed("unknown category", field="category")
-    store_id = (await store_by_code(session, merchant_id, body.store)).id if body.store else None
+    if body.store:
+        store_id = (await store_by_code(session, merchant_id, body.store)).id
     merchant = await merchant_of(session, merchant_id)
     at = now()
     day = at.astimezone(ZoneInfo(merchant.time_zone)).strftime("%Y%m%d")
@@ -317,7 +331,7 @@ async def do_create_ticket(session: AsyncSession, principal: Principal, body: Ti
     await run_triggers(session, ticket, "create")
     if acknowledge or _requester_side(principal) or body.channel in ("email", "web"):
         await _mail_requester(session, ticket, f"我们已收到您的工单：{ticket.subject}",
-                              f"您好，您的工单 {ticket.number} 已收到，客服会尽快回复您。")
+                              f"您好，您的工单 {ticket.number} 已收到，客服会尽快回复您。", automatic=True)
     record(session, merchant_id=merchant_id, actor_type=who[0], actor_id=who[1], action="ticket.create",
            object_type="ticket", object_id=ticket.id, data={"channel": body.channel})
     return ticket
@@ -365,7 +379,7 @@ async def _open_survey(session: AsyncSession, ticket: Ticket) -> None:
     if ticket.rated_at is None:
         await _mail_requester(session, ticket, f"您的工单已解决：{ticket.subject}",
                               f"您好，工单 {ticket.number} 已处理完毕。请为本次服务打分（1–5 星），"
-                              "如问题仍未解决，直接回复即可重新打开工单。")
+                              "如问题仍未解决，直接回复即可重新打开工单。", automatic=True)
 
 
 async def _schedule_revisit(session: AsyncSession, ticket: Ticket) -> None:
@@ -528,6 +542,10 @@ async def do_reply(session: AsyncSession, principal: Principal, ticket_id: str, 
     await emit_webhook(session, ticket.merchant_id, "ticket.replied",
                        {"ticket": _summary(ticket), "reply": {"id": reply.id, "public": public, "author": kind}})
     await run_triggers(session, ticket, "update")
+    if ticket.channel == "wechat":
+        from shopdesk.tickets.wechat import queue_wechat_reply  # wechat.py imports this module
+
+        await queue_wechat_reply(session, ticket, reply)  # within WeChat's 48 h window, or a note why not
     return reply
 
 
@@ -650,7 +668,7 @@ async def do_merge(session: AsyncSession, principal: Principal, ticket_id: str, 
     target.version += 1
     await _mail_requester(session, source, f"您的工单已合并：{source.subject}",
                           f"您好，工单 {source.number} 与 {target.number} 是同一个问题，已合并处理，"
-                          f"后续请在工单 {target.number} 中查看进度。")
+                          f"后续请在工单 {target.number} 中查看进度。", automatic=True)
     await apply_sla(session, source)
     await apply_sla(session, target)
     await emit_webhook(session, target.merchant_id, "ticket.merged",

@@ -1,9 +1,7 @@
 """The conversation routes: lists and details, transfer, end, rating; each caller sees only their own."""
-from contextlib import contextmanager
 
-from sqlalchemy import event
 
-from shopdesk.core.db import get_engine
+from tests.factories import count_queries
 from tests.integration.chat.conftest import add_agent, auth, presence, widget
 
 
@@ -138,22 +136,6 @@ async def test_lists_and_details_show_only_own_data(chat_server, api, chat_shop,
         for path in (f"/api/v1/conversations/{mine[2]}", f"/api/v1/conversations/{mine[2]}/messages"):
             assert (await api.get(path, headers=auth(token))).status_code == 404
     assert (await api.get("/api/v1/conversations")).status_code == 401
-
-
-@contextmanager
-def count_queries():
-    seen = []
-
-    def before(conn, cursor, statement, *args):
-        if not statement.lstrip().upper().startswith(("BEGIN", "PRAGMA", "ROLLBACK", "COMMIT")):
-            seen.append(statement)
-
-    engine = get_engine().sync_engine
-    event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", before)
 
 
 async def test_the_conversation_list_query_count_does_not_grow_with_the_page(client, shop):

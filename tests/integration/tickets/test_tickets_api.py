@@ -19,7 +19,8 @@ async def new_ticket(shop, token=None, **body) -> dict:
 
 async def emails_to(address: str) -> list[dict]:
     async with transaction() as session:
-        rows = (await session.execute(select(OutboxItem).where(OutboxItem.kind == "email"))).scalars()
+        rows = (await session.execute(select(OutboxItem).where(OutboxItem.kind == "email")
+                                      .order_by(OutboxItem.created_at, OutboxItem.id))).scalars()
         return [r.payload for r in rows if r.payload.get("to") == address]
 
 

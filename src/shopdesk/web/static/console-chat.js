@@ -1216,6 +1216,11 @@
       case "room.message":
         onRoomMessage(f.message);
         break;
+      case "phone.card":
+        // The caller's card (来电弹屏) is drawn by console-phone.js.
+        document.dispatchEvent(new CustomEvent("shopdesk:phone-card", {detail: f}));
+        notify(root.dataset.lang === "en" ? "Incoming call" : "来电", (f.customer && f.customer.name) || f.call.caller, null);
+        break;
       case "error":
         if (f.ref && onSendError(f)) break;
         flash(f.detail, true);
