@@ -57,7 +57,9 @@ class CallLog(Base):
     """A phone call reported by the PBX: ringing → answered → ended, with its recording."""
 
     __tablename__ = "call_log"
-    __table_args__ = (UniqueConstraint("merchant_id", "call_id"), Index("ix_call_log_customer", "customer_id"))
+    __table_args__ = (UniqueConstraint("merchant_id", "call_id"), Index("ix_call_log_customer", "customer_id"),
+                      # An unknown caller's earlier calls (and their ticket) are found by number.
+                      Index("ix_call_log_caller", "merchant_id", "caller", "created_at"))
     id: Mapped[str] = id_column()
     merchant_id: Mapped[str] = mapped_column(String(32))
     store_id: Mapped[str | None] = mapped_column(String(32))

@@ -40,6 +40,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('call_log', schema=None) as batch_op:
         batch_op.create_index('ix_call_log_customer', ['customer_id'], unique=False)
+        batch_op.create_index('ix_call_log_caller', ['merchant_id', 'caller', 'created_at'], unique=False)
 
     op.create_table('inbound_email',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -349,6 +350,7 @@ def downgrade() -> None:
 
     op.drop_table('inbound_email')
     with op.batch_alter_table('call_log', schema=None) as batch_op:
+        batch_op.drop_index('ix_call_log_caller')
         batch_op.drop_index('ix_call_log_customer')
 
     op.drop_table('call_log')
