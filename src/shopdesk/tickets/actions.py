@@ -481,6 +481,18 @@ async def do_update_ticket(session: AsyncSession, principal: Principal, ticket_i
     return ticket
 
 
+async def check_attachments(session: AsyncSession, principal: Principal, ids: list[str]) -> list[str]:
+    """Uploads a caller may attach: the merchant's, and for a shopper their own (POST /uploads)."""
+    from shopdesk.aftersales.models import Upload
+
+    for i, upload_id in enumerate(ids):
+        upload = await session.get(Upload, upload_id)
+        if upload is None or upload.merchant_id != principal.merchant_id or principal.kind == "ticket_link" or (
+                principal.kind == "shopper" and upload.owner_id != principal.customer_id):
+            raise ValidationFailed("unknown upload", field=f"attachment_ids[{i}]")
+    return list(dict.fromkeys(ids))
+
+
 async def do_bulk_update(session: AsyncSession, principal: Principal, ids: list[str], patch: TicketPatch) -> list[dict]:
     """Apply one change to many tickets; each succeeds or fails on its own (a savepoint each)."""
     _staff_side(principal)

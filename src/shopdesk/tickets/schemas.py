@@ -38,7 +38,6 @@ class TicketIn(Strict):
     team: str = Field(default="", max_length=64)
     requester_email: str | None = Field(default=None, max_length=255)
     requester_name: str = Field(default="", max_length=100)
-    attachment_ids: list[str] = Field(default=[], max_length=10)
 
 
 class TicketPatch(Strict):

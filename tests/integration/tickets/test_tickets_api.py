@@ -265,3 +265,24 @@ async def test_round_robin_assignment(shop):
     assignees = [(await new_ticket(shop, subject=f"t{i}"))["assignee_id"] for i in range(4)]
     assert len(set(assignees)) == 2 and assignees[0] == assignees[2] and assignees[1] == assignees[3]
     assert second in assignees
+
+
+async def test_reply_attachments_must_be_the_callers_uploads(shop, other_shop):
+    order = await shop.order()
+    shopper = await shop.shopper(order)
+    t = await new_ticket(shop, shopper, channel="web")
+    mine = await shop.photo(shopper)
+    r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "照片", "attachment_ids": [mine]}, shopper)
+    assert r.status_code == 201 and r.json()["reply"]["attachment_ids"] == [mine]
+    stranger = await shop.shopper(await shop.order(external_id="other-buyer"))
+    theirs = await shop.photo(stranger)
+    other_merchants = await other_shop.photo(other_shop.key)
+    for upload in (theirs, other_merchants, "nope"):
+        r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "x", "attachment_ids": [upload]}, shopper)
+        assert r.status_code == 422 and r.json()["field"] == "attachment_ids[0]", r.text
+    # staff may attach the merchant's uploads, not another merchant's
+    r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "见图", "attachment_ids": [theirs]}, shop.agent_token)
+    assert r.status_code == 201
+    r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "x", "attachment_ids": [other_merchants]},
+                        shop.agent_token)
+    assert r.status_code == 422
