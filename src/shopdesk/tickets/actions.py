@@ -145,7 +145,8 @@ async def sla_facts(session: AsyncSession, ticket: Ticket) -> list:
     replies = (await session.execute(select(TicketReply.created_at, TicketReply.author_type, TicketReply.public)
                                      .where(TicketReply.ticket_id == ticket.id)
                                      .order_by(TicketReply.created_at, TicketReply.id))).all()
-    facts += [slarules.ReplyAdded(at, author, public) for at, author, public in replies]
+    # Replies older than the ticket came with a merge: history, not responses on this ticket's clock.
+    facts += [slarules.ReplyAdded(at, author, public) for at, author, public in replies if at >= ticket.created_at]
     return facts
 
 
@@ -452,8 +453,9 @@ async def do_update_ticket(session: AsyncSession, principal: Principal, ticket_i
             await _mail_staff(session, ticket, body.assignee_id, f"【新工单】{ticket.number} {ticket.subject}",
                               f"工单 {ticket.number}「{ticket.subject}」已分配给您。")
         changed = True
-    if body.tags is not None:
-        tags = _clean_tags(body.tags)
+    if body.tags is not None or body.add_tags:
+        tags = _clean_tags(body.tags if body.tags is not None else ticket.tags)
+        tags = list(dict.fromkeys([*tags, *_clean_tags(body.add_tags or [], "add_tags")]))[:20]
         if tags != ticket.tags:
             _event(session, ticket, actor, "tags", **{"from": ticket.tags, "to": tags})
             ticket.tags = tags
@@ -875,13 +877,16 @@ async def do_apply_macro(session: AsyncSession, principal: Principal, ticket_id:
 # --------------------------------------------------------------------------------------------
 # The sweeper
 # --------------------------------------------------------------------------------------------
-async def sweep_sla(limit: int = 500) -> int:
+async def sweep_sla(limit: int = 500, merchant_id: str | None = None) -> int:
     """Raise every SLA warning and breach due now, each exactly once; return how many were raised."""
     from shopdesk.core.db import transaction
 
     at = now()
+    due = Ticket.sla_check_at <= at
+    if merchant_id:
+        due = due & (Ticket.merchant_id == merchant_id)
     async with transaction() as session:
-        ids = list((await session.execute(select(Ticket.id).where(Ticket.sla_check_at <= at)
+        ids = list((await session.execute(select(Ticket.id).where(due)
                                           .order_by(Ticket.sla_check_at).limit(limit))).scalars())
     raised = 0
     for ticket_id in ids:

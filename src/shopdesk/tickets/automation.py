@@ -217,14 +217,16 @@ async def _notify(session: AsyncSession, ticket: Ticket, action: dict) -> None:
         enqueue(session, "email", {"to": to, "subject": subject, "body": body}, ticket.merchant_id)
 
 
-async def sweep_time_rules(limit: int = 500) -> int:
+async def sweep_time_rules(limit: int = 500, merchant_id: str | None = None) -> int:
     """Run every merchant's time rules on the tickets they match now, each once per status; return how many ran."""
     from shopdesk.core.db import transaction
 
+    active = (TicketRule.kind == "time") & TicketRule.active.is_(True)
+    if merchant_id:
+        active = active & (TicketRule.merchant_id == merchant_id)
     async with transaction() as session:
-        rules = list((await session.execute(select(TicketRule).where(
-            TicketRule.kind == "time", TicketRule.active.is_(True)).order_by(TicketRule.merchant_id,
-                                                                           TicketRule.position))).scalars())
+        rules = list((await session.execute(select(TicketRule).where(active).order_by(
+            TicketRule.merchant_id, TicketRule.position))).scalars())
         work: list[tuple[str, str]] = []
         for rule in rules:
             stmt = _prefilter(rule).limit(limit)

@@ -25,7 +25,8 @@ KINDS = ("ticket", "chat", "aftersales", "task")
 OPEN_GROUPS = ("new", "open", "pending")
 SORTS = ("updated_desc", "updated_asc")
 AFTERSALES_HORIZON = timedelta(hours=24)
-FILTER_KEYS = {"kinds", "status_group", "assignee", "priority", "category", "tag", "q", "channel"}
+FILTER_KEYS = {"kinds", "status_group", "assignee", "priority", "category", "tag", "q", "channel", "urged"}
+TICKET_ONLY = ("priority", "category", "tag", "q", "status_group", "urged")  # a chat, case or task has none
 
 
 def check_filters(filters: dict) -> dict:
@@ -50,6 +51,11 @@ def check_filters(filters: dict) -> dict:
     for key in ("assignee", "category", "tag", "q", "channel"):
         if filters.get(key):
             out[key] = str(filters[key])[:100]
+    urged = filters.get("urged")
+    if urged not in (None, "", False):
+        if urged not in (True, "1", "true", "on"):
+            raise ValidationFailed("urged is true or left out", field="urged")
+        out["urged"] = True
     return out
 
 
@@ -97,6 +103,8 @@ def ticket_select(principal: Principal, f: dict):
         stmt = stmt.where(Ticket.channel == f["channel"])
     if f.get("tag"):
         stmt = stmt.where(Ticket.tags.contains([f["tag"]]))
+    if f.get("urged"):
+        stmt = stmt.where(Ticket.urge_count > 0)
     if f.get("q"):
         q = f["q"].strip()
         stmt = stmt.where(or_(Ticket.number == q, Ticket.subject.like(f"%{q.replace('%', '')}%")))
@@ -126,8 +134,8 @@ async def _chats(session, principal, f, cursor, ascending, limit) -> list[dict]:
     from shopdesk.chat.models import Conversation
     from shopdesk.chat.queries import waiting
 
-    if f.get("priority") or f.get("category") or f.get("tag") or f.get("q") or f.get("status_group"):
-        return []  # ticket-only filters: a chat has none of these
+    if any(f.get(k) for k in TICKET_ONLY):
+        return []
     stmt = waiting(principal.merchant_id)
     cond = _assignee(Conversation.assignee_id, principal, f.get("assignee"))
     if cond is not None:
@@ -147,7 +155,7 @@ async def _cases(session, principal, f, cursor, ascending, limit) -> list[dict]:
     from shopdesk.aftersales.models import AftersaleCase
     from shopdesk.aftersales.queries import due_soon
 
-    if f.get("assignee") or f.get("priority") or f.get("category") or f.get("tag") or f.get("status_group"):
+    if f.get("assignee") or any(f.get(k) for k in TICKET_ONLY if k != "q"):
         return []
     stmt = due_soon(principal.merchant_id, now() + AFTERSALES_HORIZON)
     if f.get("q"):
@@ -164,7 +172,7 @@ async def _cases(session, principal, f, cursor, ascending, limit) -> list[dict]:
 
 
 async def _tasks(session, principal, f, cursor, ascending, limit) -> list[dict]:
-    if f.get("priority") or f.get("category") or f.get("tag") or f.get("q") or f.get("status_group"):
+    if any(f.get(k) for k in TICKET_ONLY):
         return []
     stmt = select(TicketTask).where(TicketTask.merchant_id == principal.merchant_id, TicketTask.status == "open",
                                     TicketTask.due_at <= now() + timedelta(hours=24))

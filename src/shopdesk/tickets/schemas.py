@@ -46,6 +46,7 @@ class TicketPatch(Strict):
     category: str | None = Field(default=None, max_length=64)
     assignee_id: str | None = Field(default=None, max_length=32)
     tags: list[str] | None = Field(default=None, max_length=20)
+    add_tags: list[str] | None = Field(default=None, max_length=20)  # kept with the ticket's own (bulk changes)
     custom_fields: dict[str, str | int | float | bool | None] | None = None
     team: str | None = Field(default=None, max_length=64)
     watchers: list[str] | None = Field(default=None, max_length=50)

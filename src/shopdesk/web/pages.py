@@ -387,3 +387,6 @@ router.include_router(chat_pages)
 from shopdesk.tickets.pages import router as ticket_pages  # noqa: E402
 
 router.include_router(ticket_pages)
+from shopdesk.tickets.inbox_pages import router as inbox_pages  # noqa: E402
+
+router.include_router(inbox_pages)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from shopdesk.tickets.automation import sweep_time_rules
-from tests.integration.tickets.test_sla import relogin
+from tests.integration.tickets.test_sla import merchant_of, relogin
 from tests.integration.tickets.test_tickets_api import emails_to, new_ticket
 
 
@@ -34,21 +34,21 @@ async def test_create_trigger_sets_fields_assigns_and_answers(shop):
 
 
 async def test_update_trigger_notifies_and_does_not_loop(shop):
-    order = await shop.order(email="trig@example.com")
+    order = await shop.order(email=f"trig-{shop.slug}@example.com")
     shopper = await shop.shopper(order)
     await put_rule(shop, "urgent-tag", {"kind": "update", "conditions": [
         {"field": "priority", "op": "is", "value": "urgent"}],
         "actions": [{"type": "add_tags", "tags": ["加急"]},
-                    {"type": "notify", "to": "trig-boss@example.com", "subject": "加急 {{number}}", "body": "请关注"}]})
+                    {"type": "notify", "to": f"boss-{shop.slug}@example.com", "subject": "加急 {{number}}", "body": "请关注"}]})
     t = await new_ticket(shop, shopper, channel="web")
     r = await shop.client.patch(f"/api/v1/tickets/{t['id']}", json={"priority": "urgent"},
                                 headers=shop.h(shop.agent_token))
     assert r.json()["tags"] == ["加急"]
-    assert len(await emails_to("trig-boss@example.com")) == 1  # the rule's own change fired nothing again
+    assert len(await emails_to(f"boss-{shop.slug}@example.com")) == 1  # the rule's own change fired nothing again
 
 
 async def test_time_rules_remind_then_close_a_pending_ticket(shop, frozen_clock):
-    order = await shop.order(email="wait@example.com")
+    order = await shop.order(email=f"wait-{shop.slug}@example.com")
     shopper = await shop.shopper(order)
     await put_rule(shop, "remind-3d", {"kind": "time", "conditions": [
         {"field": "status_group", "op": "is", "value": "pending"}, {"field": "hours_in_status", "op": "gte", "value": 72}],
@@ -61,13 +61,13 @@ async def test_time_rules_remind_then_close_a_pending_ticket(shop, frozen_clock)
                                 headers=shop.h(shop.agent_token))
     assert r.json()["status_group"] == "pending"
     frozen_clock.advance(timedelta(hours=71))
-    assert await sweep_time_rules() == 0
+    assert await sweep_time_rules(merchant_id=await merchant_of(shop)) == 0
     frozen_clock.advance(timedelta(hours=2))
-    assert await sweep_time_rules() == 1
-    assert await sweep_time_rules() == 0  # once per status
-    assert any("自动关闭" in m["body"] for m in await emails_to("wait@example.com"))
+    assert await sweep_time_rules(merchant_id=await merchant_of(shop)) == 1
+    assert await sweep_time_rules(merchant_id=await merchant_of(shop)) == 0  # once per status
+    assert any("自动关闭" in m["body"] for m in await emails_to(f"wait-{shop.slug}@example.com"))
     frozen_clock.advance(timedelta(hours=100))
-    assert await sweep_time_rules() == 1
+    assert await sweep_time_rules(merchant_id=await merchant_of(shop)) == 1
     r = await shop.get(f"/tickets/{t['id']}")
     assert r.json()["status_group"] == "closed"
     assert [x["author"]["type"] for x in r.json()["replies"]] == ["system"]
@@ -104,7 +104,7 @@ async def test_bad_rules_name_the_field_and_are_not_saved(shop):
 
 
 async def test_revisit_task_after_solve_and_the_survey_scale(shop, frozen_clock):
-    order = await shop.order(email="revisit@example.com")
+    order = await shop.order(email=f"revisit-{shop.slug}@example.com")
     shopper = await shop.shopper(order)
     r = await shop.client.put("/api/v1/settings/tickets", json={
         "followup": {"revisit_after_hours": 48}, "survey": {"scale": 3, "questions": [{"key": "speed", "label": "速度"}]}},

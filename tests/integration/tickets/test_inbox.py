@@ -116,3 +116,22 @@ async def test_bulk_change_reports_each_ticket(shop, other_shop):
     assert (await other_shop.get(f"/tickets/{theirs['id']}")).json()["priority"] == "normal"
     r = await shop.post("/tickets/bulk", {"ids": [], "patch": {}}, shop.agent_token)
     assert r.status_code == 422 and r.json()["field"] == "ids"
+
+
+async def test_urged_filter_and_add_tags_keep_the_tickets_own(shop):
+    order = await shop.order()
+    shopper = await shop.shopper(order)
+    hurried = await new_ticket(shop, shopper, channel="web", tags=["耳机"])
+    calm = await new_ticket(shop, shopper, channel="web")
+    await shop.post(f"/tickets/{hurried['id']}/urge", None, shopper)
+    items = await pages(shop, shop.agent_token, urged="1")
+    assert [i["id"] for i in items] == [hurried["id"]]
+    r = await shop.post("/inbox/views", {"name": "被催单", "filters": {"urged": True}}, shop.agent_token)
+    assert r.status_code == 201 and r.json()["filters"]["urged"] is True
+    r = await shop.post("/tickets/bulk", {"ids": [hurried["id"], calm["id"]], "patch": {"add_tags": ["加急"]}},
+                        shop.agent_token)
+    assert all(x["ok"] for x in r.json()["results"])
+    assert (await shop.get(f"/tickets/{hurried['id']}")).json()["tags"] == ["耳机", "加急"]
+    assert (await shop.get(f"/tickets/{calm['id']}")).json()["tags"] == ["加急"]
+    r = await shop.get("/inbox", shop.agent_token, params={"urged": "maybe"})
+    assert r.status_code == 422 and r.json()["field"] == "urged"

@@ -21,6 +21,11 @@ async def sla_events(ticket_id: str) -> list[tuple[str, dict]]:
     return [(a, d) for a, d in rows]
 
 
+async def merchant_of(shop) -> str:
+    """The shop's merchant id: the sweeps are run for this test's merchant only (the database is shared)."""
+    return (await shop.get("/auth/me")).json()["merchant_id"]
+
+
 async def relogin(shop) -> None:
     """Staff tokens last 12 hours of the app clock: take a new one after moving the clock days ahead."""
     r = await shop.client.post("/api/v1/auth/token", json={"email": shop.agent_email, "password": "agent-pass-1"})
@@ -47,15 +52,15 @@ async def test_friday_evening_ticket_is_due_monday_and_breaches_once(shop, froze
     assert t["sla"]["first_response_due_at"] == "2026-11-09T01:50:00Z"
     # When the sweeper runs over the weekend, nothing is raised
     frozen_clock.freeze(datetime(2026, 11, 8, 12, 0, tzinfo=timezone.utc))
-    assert await sweep_sla() == 0
+    assert await sweep_sla(merchant_id=await merchant_of(shop)) == 0
     # At 80 % of the hour (Monday 09:38) one warning goes out, once
     frozen_clock.freeze(datetime(2026, 11, 9, 1, 40, tzinfo=timezone.utc))
-    assert await sweep_sla() == 1
-    assert await sweep_sla() == 0
+    assert await sweep_sla(merchant_id=await merchant_of(shop)) == 1
+    assert await sweep_sla(merchant_id=await merchant_of(shop)) == 0
     # After 09:50 one breach, and running the sweeper again raises nothing more
     frozen_clock.freeze(datetime(2026, 11, 9, 2, 30, tzinfo=timezone.utc))
-    assert await sweep_sla() == 1
-    assert await sweep_sla() == 0
+    assert await sweep_sla(merchant_id=await merchant_of(shop)) == 1
+    assert await sweep_sla(merchant_id=await merchant_of(shop)) == 0
     events = await sla_events(t["id"])
     assert [(a, d["target"]) for a, d in events] == [("sla_warning", "first_response"),
                                                      ("sla_breach", "first_response")]
@@ -66,7 +71,7 @@ async def test_friday_evening_ticket_is_due_monday_and_breaches_once(shop, froze
     r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "抱歉久等"}, shop.agent_token)
     assert r.status_code == 201, r.text
     frozen_clock.advance(timedelta(days=3))
-    await sweep_sla()
+    await sweep_sla(merchant_id=await merchant_of(shop))
     assert [a for a, _ in await sla_events(t["id"])].count("sla_breach") == 1
 
 
@@ -84,7 +89,7 @@ async def test_a_reply_in_time_means_no_breach_and_notes_do_not_count(shop, froz
     assert r.status_code == 201, r.text
     assert r.json()["sla"]["first_response_due_at"] is None
     frozen_clock.advance(timedelta(days=2))
-    assert await sweep_sla() == 0
+    assert await sweep_sla(merchant_id=await merchant_of(shop)) == 0
     assert await sla_events(t["id"]) == []
 
 
@@ -132,3 +137,18 @@ async def test_bad_calendar_and_policy_name_the_field(shop):
     assert r.status_code == 403
     r = await shop.get("/settings/sla-policies")
     assert r.json()["items"] == []
+
+
+async def test_merging_an_older_ticket_into_a_newer_one_under_a_policy(shop, frozen_clock):
+    await setup_policy(shop, first_response_minutes=60, resolution_minutes=600)
+    frozen_clock.freeze(datetime(2026, 11, 9, 1, 0, tzinfo=timezone.utc))
+    older = (await shop.post("/tickets", {"subject": "先来的", "channel": "api"})).json()
+    await shop.post(f"/tickets/{older['id']}/replies", {"body": "补充说明"}, None)
+    frozen_clock.advance(timedelta(hours=1))
+    newer = (await shop.post("/tickets", {"subject": "后来的", "channel": "api"})).json()
+    r = await shop.post(f"/tickets/{older['id']}/merge", {"into": newer["id"]})
+    assert r.status_code == 200, r.text
+    target = (await shop.get(f"/tickets/{newer['id']}")).json()
+    # The moved history is on the ticket, but the newer ticket's own clock is unchanged
+    assert any("先来的" in x["body"] for x in target["replies"])
+    assert target["sla"]["first_response_due_at"] == "2026-11-09T03:00:00Z"

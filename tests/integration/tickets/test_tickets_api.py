@@ -26,7 +26,7 @@ async def emails_to(address: str) -> list[dict]:
 
 async def test_create_read_and_list(shop):
     # Given a ticket created through the API for a known customer
-    t = await new_ticket(shop, customer={"external_id": "c-1", "name": "李四", "email": "li@example.com"},
+    t = await new_ticket(shop, customer={"external_id": "c-1", "name": "李四", "email": f"li-{shop.slug}@example.com"},
                          tags=["质量", "质量", "耳机"], priority="high")
     # Then it has a public number, starts new, and keeps its fields
     assert re.fullmatch(r"TK\d{8}-\d{4}", t["number"])
@@ -36,7 +36,7 @@ async def test_create_read_and_list(shop):
                         "resolution_due_at": None, "breaches": []}
     assert [e["action"] for e in t["events"]] == ["create"]
     # And the requester got an acknowledgement only when the channel is email/web; this one is api
-    assert await emails_to("li@example.com") == []
+    assert await emails_to(f"li-{shop.slug}@example.com") == []
     # When listing by status group and by text
     r = await shop.get("/tickets", params={"status_group": "new", "q": "左耳"})
     assert r.status_code == 200
@@ -66,12 +66,12 @@ async def test_list_pages_with_a_cursor(shop, frozen_clock):
 
 
 async def test_staff_reply_note_and_shopper_view(shop):
-    order = await shop.order(email="buyer@example.com")
+    order = await shop.order(email=f"buyer-{shop.slug}@example.com")
     shopper = await shop.shopper(order)
     # Given a shopper's own ticket from the help form
     t = await new_ticket(shop, shopper, channel="web", order_id=order["id"])
     assert t["customer_id"] and t["order_id"] == order["id"]
-    ack = await emails_to("buyer@example.com")
+    ack = await emails_to(f"buyer-{shop.slug}@example.com")
     assert len(ack) == 1 and t["number"] in ack[0]["subject"]
     # When an agent leaves a private note, then answers in public
     r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "仓库确认批次问题", "public": False}, shop.agent_token)
@@ -86,7 +86,7 @@ async def test_staff_reply_note_and_shopper_view(shop):
     mine = r.json()
     assert [x["body"] for x in mine["replies"]] == ["您好，我们给您换新。"]
     assert "custom_fields" not in mine and all(e["action"] != "note" for e in mine["events"])
-    mail = (await emails_to("buyer@example.com"))[-1]
+    mail = (await emails_to(f"buyer-{shop.slug}@example.com"))[-1]
     assert "您好，我们给您换新。" in mail["body"] and f"/shop/tickets/{t['id']}?t=" in mail["body"]
     # And the shopper may not leave a private note
     r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "x", "public": False}, shopper)
@@ -94,12 +94,12 @@ async def test_staff_reply_note_and_shopper_view(shop):
 
 
 async def test_email_link_opens_that_ticket_only(shop):
-    order = await shop.order(email="link@example.com")
+    order = await shop.order(email=f"link-{shop.slug}@example.com")
     shopper = await shop.shopper(order)
     t = await new_ticket(shop, shopper, channel="web")
     other = await new_ticket(shop, shopper, channel="web", subject="另一个问题")
     await shop.post(f"/tickets/{t['id']}/replies", {"body": "请补充照片"}, shop.agent_token)
-    body = (await emails_to("link@example.com"))[-1]["body"]
+    body = (await emails_to(f"link-{shop.slug}@example.com"))[-1]["body"]
     token = re.search(r"\?t=(\S+)", body).group(1)
     # The link's token reads and answers its ticket
     r = await shop.get(f"/tickets/{t['id']}", token)
@@ -131,7 +131,7 @@ async def test_urge_raises_priority_and_tells_the_assignee(shop):
 
 
 async def test_solve_opens_the_survey_and_the_shopper_rates(shop):
-    order = await shop.order(email="rate@example.com")
+    order = await shop.order(email=f"rate-{shop.slug}@example.com")
     shopper = await shop.shopper(order)
     t = await new_ticket(shop, shopper, channel="web")
     r = await shop.post(f"/tickets/{t['id']}/rating", {"score": 5}, shopper)
@@ -139,7 +139,7 @@ async def test_solve_opens_the_survey_and_the_shopper_rates(shop):
     r = await shop.client.patch(f"/api/v1/tickets/{t['id']}", json={"status": "solved"},
                                 headers=shop.h(shop.agent_token))
     assert r.json()["status_group"] == "solved" and r.json()["survey_open"] is True
-    assert any("已解决" in m["subject"] for m in await emails_to("rate@example.com"))
+    assert any("已解决" in m["subject"] for m in await emails_to(f"rate-{shop.slug}@example.com"))
     r = await shop.post(f"/tickets/{t['id']}/rating", {"score": 4, "comment": "很快"}, shopper)
     assert r.status_code == 200 and r.json()["rating"]["score"] == 4
     r = await shop.post(f"/tickets/{t['id']}/rating", {"score": 9}, shopper)
@@ -172,7 +172,7 @@ async def test_custom_status_and_bad_changes(shop):
 
 
 async def test_merge_moves_replies_and_tells_the_shopper(shop):
-    order = await shop.order(email="merge@example.com")
+    order = await shop.order(email=f"merge-{shop.slug}@example.com")
     shopper = await shop.shopper(order)
     a = await new_ticket(shop, shopper, channel="web", subject="快递一直不动", tags=["物流"])
     b = await new_ticket(shop, shopper, channel="web", subject="快递三天没更新", tags=["催件"])
@@ -187,7 +187,7 @@ async def test_merge_moves_replies_and_tells_the_shopper(shop):
     assert "已联系快递" in bodies and any("快递一直不动" in x for x in bodies)
     assert set(target["tags"]) == {"物流", "催件"}
     assert any(e["action"] == "merged_in" for e in target["events"])
-    assert any("已合并" in m["subject"] for m in await emails_to("merge@example.com"))
+    assert any("已合并" in m["subject"] for m in await emails_to(f"merge-{shop.slug}@example.com"))
     # The merged ticket takes no more replies or changes, and is not merged twice
     r = await shop.post(f"/tickets/{a['id']}/replies", {"body": "还在吗"}, shopper)
     assert r.status_code == 409 and r.json()["merged_into"] == b["id"]
