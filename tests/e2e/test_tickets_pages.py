@@ -1,15 +1,18 @@
-"""Tickets in the browser: the help form, the emailed link, the console's reply/solve, rating, merge and split."""
+"""Tickets in the browser: the help form, the emailed link, the console's reply/solve, rating, merge and split,
+macros, and images on replies."""
 from __future__ import annotations
 
 import re
 
 import httpx
 from playwright.async_api import Page, expect
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from shopdesk.accounts.models import Merchant
+from shopdesk.aftersales.models import Upload
 from shopdesk.core.db import transaction
 from shopdesk.core.outbox import OutboxItem
-from tests.e2e.conftest import PHONE, live_order, shopper_token, snap
+from tests.e2e.conftest import PHONE, live_order, png, shopper_token, snap
 from tests.factories import Shop
 
 LINK = re.compile(r"/shop/tickets/(\w+)\?t=([\w.\-]+)")
@@ -321,3 +324,205 @@ async def test_agent_merges_two_tickets_and_splits_one(browsers, live_shop):
     await expect(shopper.locator(f".ticket-card[href='/shop/tickets/{first['id']}']")).to_have_count(0)
     await shopper.goto(f"/shop/tickets/{first['id']}")
     await expect(shopper.get_by_test_id("merged")).to_contain_text(second["number"])
+
+
+# ---- macros and images on replies ---------------------------------------------------------------------
+
+NOT_AN_IMAGE = {"name": "收据.jpg", "mimeType": "image/jpeg", "buffer": "这不是图片，只是改了扩展名的文本。".encode()}
+
+
+def image(name: str, rgb: tuple[int, int, int] = (70, 110, 200)) -> dict:
+    return {"name": name, "mimeType": "image/png", "buffer": png(160, 120, rgb)}
+
+
+async def uploads_of(shop: Shop) -> int:
+    async with transaction() as session:
+        return (await session.execute(select(func.count()).select_from(Upload).join(
+            Merchant, Merchant.id == Upload.merchant_id).where(Merchant.slug == shop.slug))).scalar_one()
+
+
+async def put_macro(shop: Shop, name: str, actions: list[dict], *, active: bool = True) -> None:
+    r = await shop.client.put(f"/api/v1/settings/ticket-rules/{name}", headers=shop.h(shop.admin_token),
+                              json={"kind": "macro", "actions": actions, "active": active})
+    assert r.status_code == 200, r.text
+
+
+async def image_loaded(locator) -> bool:
+    """The image (lazy-loaded: brought into view first) was drawn from a real image file."""
+    await locator.scroll_into_view_if_needed()
+    return await locator.evaluate("""img => img.complete ? img.naturalWidth > 0 : new Promise(done => {
+        img.addEventListener("load", () => done(img.naturalWidth > 0));
+        img.addEventListener("error", () => done(false));
+    })""")
+
+
+async def test_shopper_sends_images_agent_sees_them_and_applies_a_macro(browsers, live_shop):
+    await ticket_settings(live_shop)
+    # Given a shopper's ticket, and the merchant's macros: one active, one switched off
+    order = await live_order(live_shop)
+    token = await shopper_token(live_shop, order)
+    ticket = await api_ticket(live_shop, token, "耳机外壳有裂纹", "拆开包装就看到外壳裂了")
+    await put_macro(live_shop, "质量问题-补发", [
+        {"type": "reply", "body": "您好，已为您安排补发新品，请留意物流信息。"},
+        {"type": "set", "field": "status", "value": "waiting_warehouse"},
+        {"type": "set", "field": "priority", "value": "high"},
+        {"type": "add_tags", "tags": ["补发", "质量"]}])
+    await put_macro(live_shop, "old-macro", [{"type": "add_tags", "tags": ["旧"]}], active=False)
+
+    # When the shopper picks an image and a text file renamed .jpg, and sends
+    shopper = await browsers.shopper(live_shop, order, next=f"/shop/tickets/{ticket['id']}")
+    await shopper.wait_for_url(f"**/shop/tickets/{ticket['id']}")
+    before = await uploads_of(live_shop)
+    await shopper.fill("#reply-body", "外壳裂纹的照片见附件。")
+    picker = shopper.get_by_test_id("reply-images-input")
+    await picker.set_input_files(files=[image("裂纹.png"), NOT_AN_IMAGE])
+    picked = shopper.get_by_test_id("picked-images").locator("figure")
+    await expect(picked).to_have_count(2)
+    await expect(picked.nth(1)).to_have_class(re.compile("is-bad"))  # the browser cannot draw it either
+    await shopper.get_by_test_id("reply-send").click()
+    # Then the whole reply is refused, naming the field, and nothing is stored or sent
+    error = shopper.locator("#flash .alert-error")
+    await expect(error).to_contain_text("只支持 JPG、PNG 或 WebP 图片")
+    await expect(error).to_contain_text("请检查「图片附件」")
+    await snap(shopper, "tickets_shopper_image_refused_zh")
+    assert await uploads_of(live_shop) == before
+    await expect(shopper.get_by_test_id("thread")).not_to_contain_text("外壳裂纹的照片见附件")
+
+    # When they pick more than five, the box says so (and the server would refuse them too)
+    await picker.set_input_files(files=[image(f"{i}.png") for i in range(5)])
+    await expect(picked).to_have_count(7)
+    await expect(shopper.locator(".too-many")).to_be_visible()
+    await snap(shopper, "tickets_shopper_too_many_images_zh")
+    await shopper.get_by_test_id("reply-send").click()
+    await expect(error).to_contain_text("一次最多附 5 张图片")
+    assert await uploads_of(live_shop) == before
+    # And when they remove the text file and the extra images, and send again
+    await picked.nth(1).locator(".thumb-x").click()
+    for _ in range(5):
+        await picked.last.locator(".thumb-x").click()
+    await expect(picked).to_have_count(1)
+    await expect(shopper.locator(".too-many")).to_be_hidden()
+    await snap(shopper, "tickets_shopper_image_picked_zh")
+    await shopper.get_by_test_id("reply-send").click()
+    # Then the reply shows its image as a thumbnail that opens full size
+    mine = shopper.locator(".bubble.right[data-reply]", has_text="外壳裂纹的照片见附件")
+    await expect(mine.get_by_test_id("reply-image")).to_have_count(1)
+    assert await image_loaded(mine.locator("img"))
+    assert await uploads_of(live_shop) == before + 1
+    await snap(shopper, "tickets_shopper_image_sent_zh")
+
+    # When the agent opens the ticket
+    agent = await browsers.staff(live_shop)
+    await agent.goto(f"/console/tickets/{ticket['id']}")
+    theirs = agent.locator(".bubble.left[data-reply]", has_text="外壳裂纹的照片见附件")
+    thumb = theirs.get_by_test_id("reply-image")
+    await expect(thumb).to_have_count(1)
+    assert await image_loaded(thumb.locator("img"))
+    # Then the thumbnail opens the full-size image in a new tab
+    async with agent.context.expect_page() as opened:
+        await thumb.click()
+    full = await opened.value
+    await full.wait_for_load_state()
+    assert "/files/" in full.url and await full.evaluate("document.contentType") == "image/png"
+    assert await full.evaluate("document.images[0].naturalWidth") == 160
+    await full.close()
+
+    # When the agent leaves a private note with an image, and answers in public with one
+    await agent.get_by_test_id("private-toggle").check()
+    await agent.fill("#reply-body", "仓库质检照片，仅内部参考。")
+    await agent.get_by_test_id("reply-images-input").set_input_files(files=[image("质检.png", (200, 90, 60))])
+    await agent.get_by_test_id("reply-send").click()
+    note = agent.locator(".bubble.note", has_text="仓库质检照片")
+    await expect(note.get_by_test_id("reply-image")).to_have_count(1)
+    note_image = await note.get_by_test_id("reply-image").get_attribute("href")
+    await agent.get_by_test_id("private-toggle").uncheck()
+    await agent.fill("#reply-body", "收到，这是正确的外壳样式，您对比看看。")
+    await agent.get_by_test_id("reply-images-input").set_input_files(files=[image("样式.png", (60, 160, 90))])
+    await agent.get_by_test_id("reply-send").click()
+    public = agent.locator(".bubble.right:not(.note)", has_text="正确的外壳样式")
+    await expect(public.get_by_test_id("reply-image")).to_have_count(1)
+
+    # And applies the macro: only the active one is offered, and it says what it does
+    options = agent.get_by_test_id("macro-select").locator("option")
+    await expect(options).to_have_count(2)  # "choose" and the active macro
+    await agent.get_by_test_id("macro-select").select_option("质量问题-补发")
+    steps = agent.locator("ul.macro-steps[data-macro='质量问题-补发']")
+    await expect(steps).to_contain_text("公开回复：您好，已为您安排补发新品")
+    await expect(steps).to_contain_text("状态改为「等待仓库」")
+    await expect(steps).to_contain_text("加标签：补发、质量")
+    await snap(agent, "tickets_console_macro_pick_zh")
+    await agent.get_by_test_id("macro-apply").click()
+    # Then the ticket shows what the macro did, in the agent's name
+    await expect(agent.get_by_test_id("notice")).to_have_text("已应用宏「质量问题-补发」")
+    await expect(agent.locator("h1 .badge")).to_have_text("等待仓库")
+    await expect(agent.locator("h1 .prio")).to_have_text("高")
+    await expect(agent.locator("#p-tags")).to_have_value("补发, 质量")
+    macro_reply = agent.locator(".bubble.right:not(.note)", has_text="已为您安排补发新品")
+    await expect(macro_reply).to_have_attribute("data-author", "staff")  # the agent's reply, not the system's
+    await expect(agent.get_by_test_id("history")).to_contain_text("执行自动化规则或宏「质量问题-补发」")
+    await snap(agent, "tickets_console_macro_applied_zh")
+
+    # And the page in English names the macro box, its steps and the image hint
+    await agent.get_by_test_id("lang-switch").click()
+    await expect(agent.locator("#macros")).to_contain_text("Macros")
+    await expect(agent.locator("#composer")).to_contain_text("Up to 5: JPG, PNG or WebP")
+    await agent.get_by_test_id("macro-select").select_option("质量问题-补发")
+    await expect(steps).to_contain_text("Status → Waiting for warehouse")
+    await snap(agent, "tickets_console_macro_en")
+    # And a macro switched off meanwhile is an error shown like the other forms'
+    await put_macro(live_shop, "质量问题-补发", [{"type": "add_tags", "tags": ["x"]}], active=False)
+    await agent.get_by_test_id("macro-apply").click()
+    await expect(agent.locator("#flash .alert-error")).to_contain_text("Please check “macro”")
+
+    # And the shopper sees the public reply's image and the macro's reply, never the note or its image
+    await shopper.reload()
+    thread = shopper.get_by_test_id("thread")
+    await expect(thread).to_contain_text("已为您安排补发新品")
+    await expect(thread).not_to_contain_text("仓库质检照片")
+    staff_image = shopper.locator(".bubble.left", has_text="正确的外壳样式").get_by_test_id("reply-image")
+    assert await image_loaded(staff_image.locator("img"))
+    note_id = note_image.rsplit("/", 1)[1]
+    for path in (f"/shop/tickets/{ticket['id']}/files/{note_id}", f"/console/tickets/{ticket['id']}/files/{note_id}"):
+        r = await shopper.request.get(path, max_redirects=0)
+        assert r.status != 200, path
+    await snap(shopper, "tickets_shopper_images_zh")
+
+
+async def test_a_visitor_from_the_email_link_attaches_an_image(browsers, live_shop):
+    # Given a visitor who wrote through the help form on a phone (a link session for that ticket only)
+    email = f"img-{live_shop.slug}@example.com"
+    visitor = await browsers.page(phone=True)
+    await visitor.goto(f"/shop/help?merchant={live_shop.slug}")
+    await visitor.fill("#email", email)
+    await visitor.fill("#subject", "收到的杯子有缺口")
+    await visitor.fill("#description", "杯口有一个小缺口。")
+    await visitor.get_by_test_id("help-submit").click()
+    await visitor.wait_for_url(re.compile(r"/shop/tickets/\w+\?created=1"))
+    ticket_id = ticket_id_of(visitor)
+    # When they attach a photo to a reply
+    await visitor.fill("#reply-body", "补充一张缺口的照片。")
+    await visitor.get_by_test_id("reply-images-input").set_input_files(files=[image("缺口.png", (180, 120, 40))])
+    await snap(visitor, "tickets_visitor_image_picked_phone")
+    await no_sideways_scroll(visitor)
+    await visitor.get_by_test_id("reply-send").click()
+    # Then their reply shows it, served to their link session
+    mine = visitor.locator(".bubble.right[data-reply]", has_text="补充一张缺口的照片")
+    await expect(mine.get_by_test_id("reply-image")).to_have_count(1)
+    assert await image_loaded(mine.locator("img"))
+    await snap(visitor, "tickets_visitor_image_sent_phone")
+    await no_sideways_scroll(visitor)
+    # And the file belongs to the ticket (a link has no account), and the agent sees it
+    async with transaction() as session:
+        owners = (await session.execute(select(Upload.owner_type, Upload.owner_id).join(
+            Merchant, Merchant.id == Upload.merchant_id).where(Merchant.slug == live_shop.slug))).all()
+    assert [tuple(o) for o in owners] == [("ticket", ticket_id)]
+    agent = await browsers.staff(live_shop)
+    await agent.goto(f"/console/tickets/{ticket_id}")
+    thumb = agent.locator(".bubble.left[data-reply]", has_text="补充一张缺口的照片").get_by_test_id("reply-image")
+    assert await image_loaded(thumb.locator("img"))
+    # And a browser without the link or a console session gets nothing but the way to sign in
+    upload_id = (await thumb.get_attribute("href")).rsplit("/", 1)[1]
+    stranger = await browsers.page()
+    for area in ("shop", "console"):
+        r = await stranger.request.get(f"/{area}/tickets/{ticket_id}/files/{upload_id}", max_redirects=0)
+        assert r.status == 303 and r.headers["location"].startswith(("/console/login", "/shop/lookup")), area

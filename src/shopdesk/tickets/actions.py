@@ -484,12 +484,18 @@ async def do_update_ticket(session: AsyncSession, principal: Principal, ticket_i
 
 
 async def check_attachments(session: AsyncSession, principal: Principal, ids: list[str]) -> list[str]:
-    """Uploads a caller may attach: the merchant's, and for a shopper their own (POST /uploads)."""
+    """Uploads a caller may attach: the merchant's, and for a shopper their own (POST /uploads).
+
+    An emailed link has no account to own a file: it may attach only images its ticket's page stored
+    for that ticket (owner_type "ticket").
+    """
     from shopdesk.aftersales.models import Upload
 
     for i, upload_id in enumerate(ids):
         upload = await session.get(Upload, upload_id)
-        if upload is None or upload.merchant_id != principal.merchant_id or principal.kind == "ticket_link" or (
+        if upload is None or upload.merchant_id != principal.merchant_id or (
+                principal.kind == "ticket_link"
+                and (upload.owner_type, upload.owner_id) != ("ticket", principal.ticket_id)) or (
                 principal.kind == "shopper" and upload.owner_id != principal.customer_id):
             raise ValidationFailed("unknown upload", field=f"attachment_ids[{i}]")
     return list(dict.fromkeys(ids))

@@ -7,21 +7,25 @@ came from, and from then on holds a link session for that one ticket (web/pages.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from pathlib import PurePath
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy import func, or_, select
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 
 from shopdesk.accounts.auth import Principal, resolve
 from shopdesk.accounts.models import Merchant, Staff, Store
-from shopdesk.aftersales.models import AftersaleCase
-from shopdesk.core import i18n
+from shopdesk.aftersales.actions import do_save_upload
+from shopdesk.aftersales.models import AftersaleCase, Upload
+from shopdesk.core import i18n, storage
 from shopdesk.core.clock import as_utc, now, parse_instant
-from shopdesk.core.errors import NotFound, Unauthorized, ValidationFailed
+from shopdesk.core.errors import NotFound, TooLarge, Unauthorized, UnsupportedMedia, ValidationFailed
 from shopdesk.core.pagination import decode_cursor, encode_cursor
 from shopdesk.core.ratelimit import hit
 from shopdesk.core.security import issue_token, read_token
@@ -29,7 +33,8 @@ from shopdesk.customers.actions import customer_out, get_customer
 from shopdesk.customers.models import Customer
 from shopdesk.orders.models import Order
 from shopdesk.tickets import actions, states
-from shopdesk.tickets.models import Ticket, TicketEvent
+from shopdesk.tickets.automation import rules_of
+from shopdesk.tickets.models import Ticket, TicketEvent, TicketReply
 from shopdesk.tickets.queries import SHOPPER_EVENTS, events_of, list_tickets, replies_of
 from shopdesk.tickets.schemas import RatingIn, ReplyIn, TicketIn, TicketPatch
 from shopdesk.web.deps import DbSession
@@ -48,6 +53,8 @@ CONSOLE_TABS = {"active": ACTIVE, "new": "new", "open": "open", "pending": "pend
 SLA_TARGETS = ("first_response", "next_response", "resolution")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 TAG_SPLIT = re.compile(r"[,，、\s]+")
+MAX_IMAGES = 5  # per reply, from either reply box
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")  # what core/storage accepts by content
 
 
 # ---- form parsing -------------------------------------------------------------------------------
@@ -74,6 +81,80 @@ def _cursor(text: str) -> tuple[str, str] | None:
     except ValueError as exc:
         raise ValidationFailed("malformed cursor", field="cursor") from exc
     return values[0], values[1]
+
+
+async def _images(form: FormData) -> list[bytes]:
+    """The images chosen in a reply box, every one checked by content before any is stored."""
+    files = [f for f in form.getlist("images") if isinstance(f, UploadFile) and f.filename]
+    if len(files) > MAX_IMAGES:
+        raise ValidationFailed(f"at most {MAX_IMAGES} images", field="images", code="too_many_images")
+    limit = storage.get_settings().upload_max_bytes
+    images = []
+    for i, file in enumerate(files):
+        data = await file.read(limit + 1)
+        try:
+            storage.check_image(data)
+        except (TooLarge, UnsupportedMedia) as exc:
+            raise type(exc)(f"{file.filename}: {exc.detail}", field=f"images[{i}]") from exc
+        images.append(data)
+    return images
+
+
+@contextmanager
+def _unless_sent() -> Iterator[list[str]]:
+    """Collect the paths of files written for a reply; remove them if the reply is not sent after all."""
+    written: list[str] = []
+    try:
+        yield written
+    except BaseException:
+        for path in written:
+            storage.open_path(path).unlink(missing_ok=True)
+        raise
+
+
+async def _store_images(session, principal: Principal, ticket_id: str, images: list[bytes],
+                        written: list[str]) -> list[str]:
+    """Store a reply's images in its transaction (do_save_upload); return their ids, checked as the API checks them."""
+    if not images:
+        return []
+    await actions.access_ticket(session, principal, ticket_id)  # a stranger stores nothing
+    ids = []
+    for data in images:
+        item = await do_save_upload(session, principal, data)
+        written.append(item.path)
+        if principal.kind == "ticket_link":
+            # A link holder has no account to own the file: the ticket does, so the link can attach it.
+            item.owner_type, item.owner_id = "ticket", ticket_id
+        ids.append(item.id)
+    await session.flush()
+    return await actions.check_attachments(session, principal, ids)
+
+
+async def _attachment_kinds(session, merchant_id: str, replies: list[TicketReply]) -> dict[str, str]:
+    """For each file on these replies: "image" (shown as a thumbnail) or "file" (an email's other attachments)."""
+    ids = {i for r in replies for i in (r.attachment_ids or [])}
+    if not ids:
+        return {}
+    rows = await session.execute(select(Upload.id, Upload.content_type).where(Upload.merchant_id == merchant_id,
+                                                                              Upload.id.in_(ids)))
+    return {uid: "image" if kind in IMAGE_TYPES else "file" for uid, kind in rows.all()}
+
+
+async def _reply_file(session, ticket: Ticket, upload_id: str, *, public_only: bool) -> Response:
+    """A file attached to one of this ticket's replies; for the requester, to a public one only."""
+    stmt = select(TicketReply.attachment_ids).where(TicketReply.ticket_id == ticket.id)
+    if public_only:
+        stmt = stmt.where(TicketReply.public.is_(True))
+    attached = any(upload_id in (ids or []) for ids in (await session.execute(stmt)).scalars())
+    item = await session.get(Upload, upload_id) if attached else None
+    if item is None or item.merchant_id != ticket.merchant_id:
+        raise NotFound("no such file")
+    headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    if item.content_type in IMAGE_TYPES:
+        return FileResponse(storage.open_path(item.path), media_type=item.content_type, headers=headers)
+    # An email's other attachments carry the type their sender claimed: downloaded, never rendered on our site.
+    return FileResponse(storage.open_path(item.path), media_type="application/octet-stream",
+                        filename=PurePath(item.path).name, headers=headers)
 
 
 def _next_cursor(rows: list[Ticket], more: bool) -> str | None:
@@ -170,6 +251,8 @@ def _event_line(event: TicketEvent, lang: str, names: dict, staff: dict[str, str
         link = data.get("ticket_id")
     elif action in ("sla_warning", "sla_breach"):
         values = {"target": label("sla", data.get("target"))}
+    elif action == "rule":
+        values = {"name": data.get("name", "")}
     key = f"tevent.{action}"
     text = i18n.t(key, lang, **values) if i18n.has(key) else action
     actor = i18n.t(f"tactor.{event.actor_type}", lang) if i18n.has(f"tactor.{event.actor_type}") else event.actor_type
@@ -177,6 +260,42 @@ def _event_line(event: TicketEvent, lang: str, names: dict, staff: dict[str, str
         actor = f"{actor} {staff[event.actor_id]}"
     note = data.get("comment") if action == "rating" else None
     return {"text": text, "actor": actor, "at": event.at, "link": link, "note": note, "action": action}
+
+
+def _clip(text: str, size: int = 60) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= size else text[:size - 1] + "…"
+
+
+def macro_steps(steps: list[dict], lang: str, status_names: dict[str, str], staff: dict[str, str]) -> list[str]:
+    """Say what a macro does, one line per action (automation.py's action shapes), in the page language."""
+    lines = []
+    for a in steps:
+        kind = a.get("type")
+        if kind == "set":
+            field, value = a.get("field", ""), a.get("value") or "—"
+            if field == "status":
+                value = status_names.get(value, value)
+            elif field == "priority" and i18n.has(f"priority.{value}"):
+                value = i18n.t(f"priority.{value}", lang)
+            key = f"macro.set_{field}"
+            lines.append(i18n.t(key, lang, value=value) if i18n.has(key) else f"{field} → {value}")
+        elif kind == "assign":
+            to = staff.get(a["staff_id"], a["staff_id"]) if a.get("staff_id") else \
+                i18n.t(f"macro.method_{a.get('method')}", lang)
+            lines.append(i18n.t("macro.assign", lang, to=to))
+        elif kind in ("add_tags", "remove_tags"):
+            lines.append(i18n.t(f"macro.{kind}", lang, tags="、".join(a.get("tags") or [])))
+        elif kind == "reply":
+            key = "macro.reply" if a.get("public", True) else "macro.note"
+            lines.append(i18n.t(key, lang, body=_clip(a.get("body", ""))))
+        elif kind == "notify":
+            to = a.get("to", "assignee")
+            lines.append(i18n.t("macro.notify", lang, to=i18n.t(f"macro.to_{to}", lang)
+                                if to in ("assignee", "requester") else to))
+        elif kind == "webhook":
+            lines.append(i18n.t("macro.webhook", lang))
+    return lines
 
 
 def _stars(score: int | None) -> list[bool]:
@@ -341,6 +460,7 @@ async def shopper_ticket(ticket_id: str, request: Request, session: DbSession, t
     order_no = await _order_no(session, ticket.merchant_id, ticket.order_id) if principal.kind == "shopper" else None
     return render(request, "shopper/ticket.html", {
         "ticket": ticket, "replies": replies, "history": history, "order_no": order_no,
+        "files": await _attachment_kinds(session, ticket.merchant_id, replies), "max_images": MAX_IMAGES,
         "opening_body": _opening_body(ticket, replies),
         "merged_into_no": numbers.get(ticket.merged_into_id or ""), "via_link": principal.kind == "ticket_link",
         "can_reply": ticket.merged_into_id is None and ticket.status_group != "closed",
@@ -357,11 +477,25 @@ def _notice(request: Request) -> str | None:
 
 @router.post("/shop/tickets/{ticket_id}/reply")
 async def shopper_reply(ticket_id: str, request: Request, session: DbSession) -> Response:
+    """The requester's reply, with up to MAX_IMAGES images (refused all together if one is not an image)."""
     principal = await requester_principal(request, session, ticket_id)
-    body = parse_model(ReplyIn, {"body": _text(await request.form(), "body")})
-    async with session.begin():
-        await actions.do_reply(session, principal, ticket_id, body.body, public=True, channel="web")
+    form = await request.form()
+    body = parse_model(ReplyIn, {"body": _text(form, "body")})
+    images = await _images(form)
+    with _unless_sent() as written:
+        async with session.begin():
+            ids = await _store_images(session, principal, ticket_id, images, written)
+            await actions.do_reply(session, principal, ticket_id, body.body, public=True, channel="web",
+                                   attachment_ids=ids)
     return go(request, ticket_path(ticket_id))
+
+
+@router.get("/shop/tickets/{ticket_id}/files/{upload_id}")
+async def shopper_file(ticket_id: str, upload_id: str, request: Request, session: DbSession) -> Response:
+    """An image on one of the ticket's public replies (the link session's cookie covers this path too)."""
+    principal = await requester_principal(request, session, ticket_id)
+    ticket = await actions.access_ticket(session, principal, ticket_id)
+    return await _reply_file(session, ticket, upload_id, public_only=True)
 
 
 @router.post("/shop/tickets/{ticket_id}/urge")
@@ -457,7 +591,11 @@ async def _console_view(session, principal: Principal, ticket: Ticket, lang: str
             .order_by(Ticket.updated_at.desc()).limit(8))).all())
     editable = ticket.merged_into_id is None and ticket.status_group != "closed"
     choices = [s for s in labels["statuses"].values() if s.group != "new" or ticket.status_group == "new"]
+    macros = [{"name": r.name, "steps": macro_steps(r.actions, lang, labels["status_names"], staff)}
+              for r in await rules_of(session, merchant_id, "macro")]
     return {"ticket": ticket, "replies": replies, "history": history, "staff": staff, "numbers": numbers,
+            "files": await _attachment_kinds(session, merchant_id, replies), "max_images": MAX_IMAGES,
+            "macros": macros,
             "opening_body": _opening_body(ticket, replies),
             "customer": customer_out(customer, reveal=False) if customer else None,
             "customer_tickets": customer_tickets, "order_no": await _order_no(session, merchant_id, ticket.order_id),
@@ -473,8 +611,18 @@ async def console_ticket(ticket_id: str, request: Request, session: DbSession, p
                          part: str = "") -> Response:
     _merchant_staff(principal)
     ticket = await actions.access_ticket(session, principal, ticket_id)
-    return render(request, "console/ticket.html", await _console_view(session, principal, ticket, lang_of(request)),
-                  block="thread" if part == "thread" else None)
+    view = await _console_view(session, principal, ticket, lang_of(request))
+    applied = request.query_params.get("macro", "")
+    view["applied"] = applied if any(m["name"] == applied for m in view["macros"]) else None
+    return render(request, "console/ticket.html", view, block="thread" if part == "thread" else None)
+
+
+@router.get("/console/tickets/{ticket_id}/files/{upload_id}")
+async def console_file(ticket_id: str, upload_id: str, session: DbSession, principal: StaffPage) -> Response:
+    """A file on one of the ticket's replies or notes."""
+    _merchant_staff(principal)
+    ticket = await actions.access_ticket(session, principal, ticket_id)
+    return await _reply_file(session, ticket, upload_id, public_only=False)
 
 
 def _patch(form: FormData) -> TicketPatch:
@@ -525,11 +673,34 @@ async def console_reply(ticket_id: str, request: Request, session: DbSession, pr
     private = _text(form, "private") in ("1", "on", "true")
     body = parse_model(ReplyIn, {"body": _text(form, "body"), "public": not private})
     then = _text(form, "then_status")
-    async with session.begin():
-        await actions.do_reply(session, principal, ticket_id, body.body, public=body.public, channel="web")
-        if then:
-            await actions.do_update_ticket(session, principal, ticket_id, parse_model(TicketPatch, {"status": then}))
+    images = await _images(form)
+    with _unless_sent() as written:
+        async with session.begin():
+            ids = await _store_images(session, principal, ticket_id, images, written)
+            await actions.do_reply(session, principal, ticket_id, body.body, public=body.public, channel="web",
+                                   attachment_ids=ids)
+            if then:
+                await actions.do_update_ticket(session, principal, ticket_id,
+                                               parse_model(TicketPatch, {"status": then}))
     return go(request, f"/console/tickets/{ticket_id}")
+
+
+@router.post("/console/tickets/{ticket_id}/macro")
+async def console_macro(ticket_id: str, request: Request, session: DbSession, principal: StaffPage) -> Response:
+    """Run one of the merchant's macros on the ticket, in the agent's name."""
+    _merchant_staff(principal)
+    name = _text(await request.form(), "macro")
+    if not name:
+        raise ValidationFailed("choose a macro", field="macro")
+    try:
+        async with session.begin():
+            await actions.do_apply_macro(session, principal, ticket_id, name)
+    except NotFound as exc:
+        if exc.detail != "no such macro":
+            raise
+        raise ValidationFailed("no such macro (deleted or switched off?)", field="macro", status=404,
+                               code="not_found") from exc
+    return go(request, f"/console/tickets/{ticket_id}?macro={quote(name)}")
 
 
 async def _ticket_by_number(session, merchant_id: str, text: str) -> str:

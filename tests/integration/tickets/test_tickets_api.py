@@ -286,3 +286,37 @@ async def test_reply_attachments_must_be_the_callers_uploads(shop, other_shop):
     r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "x", "attachment_ids": [other_merchants]},
                         shop.agent_token)
     assert r.status_code == 422
+
+
+async def test_an_email_link_attaches_only_images_stored_for_its_ticket(shop):
+    from shopdesk.accounts.auth import resolve
+    from shopdesk.aftersales.actions import do_save_upload
+    from tests.factories import PNG
+
+    # Given a ticket answered by email (so its requester holds a link), and another ticket of theirs
+    order = await shop.order(email=f"att-{shop.slug}@example.com")
+    shopper = await shop.shopper(order)
+    t = await new_ticket(shop, shopper, channel="web")
+    other = await new_ticket(shop, shopper, channel="web", subject="另一个问题")
+    await shop.post(f"/tickets/{t['id']}/replies", {"body": "请补充照片"}, shop.agent_token)
+    token = re.search(r"\?t=(\S+)", (await emails_to(f"att-{shop.slug}@example.com"))[-1]["body"]).group(1)
+    # And images stored the way the ticket page stores a link holder's: owned by the ticket
+    async with transaction() as session:
+        link = await resolve(session, token)
+        stored = {}
+        for name, ticket_id in (("ours", t["id"]), ("other_ticket", other["id"])):
+            item = await do_save_upload(session, link, PNG)
+            item.owner_type, item.owner_id = "ticket", ticket_id
+            stored[name] = item.id
+    # When the link attaches the one stored for its ticket, then it is on the reply
+    r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "照片见附件", "attachment_ids": [stored["ours"]]},
+                        token)
+    assert r.status_code == 201, r.text
+    assert r.json()["reply"]["attachment_ids"] == [stored["ours"]]
+    # But another ticket's image, or the shopper's own upload, is refused to the link
+    for upload in (stored["other_ticket"], await shop.photo(shopper)):
+        r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "x", "attachment_ids": [upload]}, token)
+        assert r.status_code == 422 and r.json()["field"] == "attachment_ids[0]", r.text
+    # And the shopper's session may not attach the ticket's image as if it were theirs
+    r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "x", "attachment_ids": [stored["ours"]]}, shopper)
+    assert r.status_code == 422
