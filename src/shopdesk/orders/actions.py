@@ -38,7 +38,8 @@ async def load_order(session: AsyncSession, merchant_id: str, order_id: str, *, 
     # One statement: an order's lines, payments and shipments are few, so joining them is cheaper
     # than a round trip for each.
     stmt = select(Order).where(Order.id == order_id, Order.merchant_id == merchant_id).options(
-        joinedload(Order.lines), joinedload(Order.payments), joinedload(Order.shipments))
+        joinedload(Order.customer, innerjoin=True), joinedload(Order.lines), joinedload(Order.payments),
+        joinedload(Order.shipments))
     if lock:
         stmt = stmt.with_for_update(of=Order).execution_options(populate_existing=True)
     order = (await session.execute(stmt)).unique().scalar_one_or_none()

@@ -7,6 +7,7 @@ from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstr
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from shopdesk.core.db import Base, created_column, id_column
+from shopdesk.customers.models import Customer
 
 NO_REASON_RETURN = ("allowed", "excluded_art6", "excluded_art7")
 PLATFORMS = ("own_site", "taobao", "tmall", "jd", "pdd", "douyin", "wechat_shop")
@@ -49,6 +50,8 @@ class Order(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = created_column()
 
+    # Joined by load_order: the notification of a case on this order needs the customer's email.
+    customer: Mapped["Customer"] = relationship(lazy="raise", viewonly=True)
     lines: Mapped[list["OrderLine"]] = relationship(order_by="OrderLine.position", lazy="raise")
     payments: Mapped[list["Payment"]] = relationship(order_by="Payment.position", lazy="raise")
     shipments: Mapped[list["Shipment"]] = relationship(order_by="Shipment.shipped_at", lazy="raise")
