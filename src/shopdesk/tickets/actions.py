@@ -555,8 +555,7 @@ async def do_reply(session: AsyncSession, principal: Principal, ticket_id: str, 
             await _mail_staff(session, ticket, ticket.assignee_id, f"【客户回复】{ticket.number} {ticket.subject}",
                               body[:500])
     elif kind == "staff" and not public:
-        for mention in _mentions(body, ticket):
-            await _mail_staff(session, ticket, mention, f"【备注提及】{ticket.number}", body[:500])
+        await _tell_mentioned(session, ticket, body, principal.staff_id)
     ticket.version += 1
     await apply_sla(session, ticket)
     await emit_webhook(session, ticket.merchant_id, "ticket.replied",
@@ -569,8 +568,22 @@ async def do_reply(session: AsyncSession, principal: Principal, ticket_id: str, 
     return reply
 
 
-def _mentions(body: str, ticket: Ticket) -> list[str]:
-    return [sid for sid in ticket.watchers or [] if f"@{sid}" in body]
+async def _tell_mentioned(session: AsyncSession, ticket: Ticket, body: str, author_id: str | None) -> None:
+    """Colleagues @named in a note get it by email and watch the ticket from then on."""
+    from shopdesk.chat.rules import mentioned_names  # the same @name rule as chat notes
+
+    names = mentioned_names(body)
+    if not names:
+        return
+    staff = (await session.execute(select(Staff).where(Staff.merchant_id == ticket.merchant_id,
+                                                       Staff.name.in_(names)))).scalars()
+    for person in staff:
+        if person.id == author_id:
+            continue
+        if person.id not in (ticket.watchers or []):
+            ticket.watchers = [*(ticket.watchers or []), person.id]
+        enqueue(session, "email", {"to": person.email, "subject": f"【备注提及】{ticket.number} {ticket.subject}",
+                                   "body": body[:500]}, ticket.merchant_id)
 
 
 async def do_urge(session: AsyncSession, principal: Principal, ticket_id: str) -> Ticket:
@@ -707,12 +720,11 @@ async def do_split(session: AsyncSession, principal: Principal, ticket_id: str, 
     reply = await session.get(TicketReply, reply_id)
     if reply is None or reply.ticket_id != ticket.id:
         raise ValidationFailed("no such reply on this ticket", field="reply_id")
-    principal_for_new = principal
     body = TicketIn(subject=_split_subject(reply.body, ticket.subject), description=reply.body,
                     category=ticket.category, priority=ticket.priority, channel=ticket.channel,
                     order_id=ticket.order_id, aftersales_id=ticket.aftersales_id, tags=list(ticket.tags),
                     team=ticket.team, requester_email=ticket.requester_email, requester_name=ticket.requester_name)
-    new = await do_create_ticket(session, principal_for_new, body, customer_id=ticket.customer_id)
+    new = await do_create_ticket(session, principal, body, customer_id=ticket.customer_id)
     new.store_id = ticket.store_id
     reply.ticket_id = new.id
     reply.origin_ticket_id = reply.origin_ticket_id or ticket.id

@@ -30,7 +30,7 @@ from shopdesk.core.outbox import enqueue
 from shopdesk.notifications.models import Webhook
 from shopdesk.tickets.channel_models import TicketRule
 from shopdesk.tickets.models import Ticket
-from shopdesk.tickets.states import GROUPS, PRIORITIES
+from shopdesk.tickets.states import PRIORITIES
 
 KINDS = ("create", "update", "time", "macro")
 FIELDS = {"priority", "category", "status", "status_group", "channel", "tags", "subject", "description",
@@ -263,7 +263,3 @@ def _prefilter(rule: TicketRule):
             stmt = stmt.where(getattr(Ticket, field).in_(values))
     return stmt.order_by(Ticket.updated_at)
 
-
-def check_group(value: str) -> None:
-    if value not in GROUPS:
-        raise ValidationFailed("unknown status group", field="value")

@@ -320,3 +320,16 @@ async def test_an_email_link_attaches_only_images_stored_for_its_ticket(shop):
     # And the shopper's session may not attach the ticket's image as if it were theirs
     r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "x", "attachment_ids": [stored["ours"]]}, shopper)
     assert r.status_code == 422
+
+
+async def test_a_note_mentioning_a_colleague_tells_them_and_makes_them_watch(shop):
+    from tests.factories import add_agent
+
+    await add_agent(shop, "小王")
+    t = await new_ticket(shop)
+    r = await shop.post(f"/tickets/{t['id']}/replies", {"body": "@小王 帮忙看下仓库记录", "public": False},
+                        shop.agent_token)
+    assert r.status_code == 201
+    wang = await emails_to(f"小王@{shop.slug}.test")
+    assert len(wang) == 1 and "帮忙看下仓库记录" in wang[0]["body"]
+    assert len(r.json()["watchers"]) == 1
