@@ -724,8 +724,7 @@ async def do_split(session: AsyncSession, principal: Principal, ticket_id: str, 
                     category=ticket.category, priority=ticket.priority, channel=ticket.channel,
                     order_id=ticket.order_id, aftersales_id=ticket.aftersales_id, tags=list(ticket.tags),
                     team=ticket.team, requester_email=ticket.requester_email, requester_name=ticket.requester_name)
-    new = await do_create_ticket(session, principal, body, customer_id=ticket.customer_id)
-    new.store_id = ticket.store_id
+    new = await do_create_ticket(session, principal, body, customer_id=ticket.customer_id, store_id=ticket.store_id)
     reply.ticket_id = new.id
     reply.origin_ticket_id = reply.origin_ticket_id or ticket.id
     actor = actor_of(principal)
@@ -755,12 +754,7 @@ async def do_put_calendar(session: AsyncSession, principal: Principal, name: str
     except ValueError as exc:
         field = str(exc).split(":", 1)[0] if ":" in str(exc) else "hours"
         raise ValidationFailed(str(exc), field=field) from exc
-    row = (await session.execute(select(CalendarRow).where(CalendarRow.merchant_id == merchant_id,
-                                                           CalendarRow.name == name).with_for_update())
-           ).scalar_one_or_none()
-    if row is None:
-        row = CalendarRow(merchant_id=merchant_id, name=name)
-        session.add(row)
+    row = await _named(session, CalendarRow, merchant_id, name)
     row.settings, row.updated_at = cal.to_settings(), now()
     record(session, merchant_id=merchant_id, actor_type=principal.actor, actor_id=principal.actor_id,
            action="settings.calendar", object_type="business_calendar", object_id=name, data=row.settings)
@@ -778,12 +772,7 @@ async def do_put_policy(session: AsyncSession, principal: Principal, name: str, 
             raise ValidationFailed(f"no calendar named '{body.calendar}'", field="calendar")
     if not any((body.first_response_minutes, body.next_response_minutes, body.resolution_minutes)):
         raise ValidationFailed("set at least one target", field="first_response_minutes")
-    row = (await session.execute(select(SlaPolicy).where(SlaPolicy.merchant_id == merchant_id,
-                                                         SlaPolicy.name == name).with_for_update())
-           ).scalar_one_or_none()
-    if row is None:
-        row = SlaPolicy(merchant_id=merchant_id, name=name)
-        session.add(row)
+    row = await _named(session, SlaPolicy, merchant_id, name)
     row.calendar, row.match = body.calendar, body.match.model_dump()
     row.first_response_minutes = body.first_response_minutes
     row.next_response_minutes = body.next_response_minutes
@@ -791,6 +780,16 @@ async def do_put_policy(session: AsyncSession, principal: Principal, name: str, 
     row.position = body.position
     record(session, merchant_id=merchant_id, actor_type=principal.actor, actor_id=principal.actor_id,
            action="settings.sla_policy", object_type="sla_policy", object_id=name, data=body.model_dump())
+    return row
+
+
+async def _named(session: AsyncSession, model, merchant_id: str, name: str):
+    """The merchant's setting row of this name, locked for a change, or a new one (PUT …/{name})."""
+    row = (await session.execute(select(model).where(model.merchant_id == merchant_id, model.name == name)
+                                 .with_for_update())).scalar_one_or_none()
+    if row is None:
+        row = model(merchant_id=merchant_id, name=name)
+        session.add(row)
     return row
 
 
@@ -862,12 +861,7 @@ async def do_put_rule(session: AsyncSession, principal: Principal, name: str, bo
             await _check_assignee(session, merchant_id, a["staff_id"], field=f"actions[{i}].staff_id")
         if a.get("type") == "set" and a.get("field") == "status":
             await _status(session, merchant_id, a.get("value") or "", field=f"actions[{i}].value")
-    row = (await session.execute(select(TicketRule).where(TicketRule.merchant_id == merchant_id,
-                                                          TicketRule.name == name).with_for_update())
-           ).scalar_one_or_none()
-    if row is None:
-        row = TicketRule(merchant_id=merchant_id, name=name)
-        session.add(row)
+    row = await _named(session, TicketRule, merchant_id, name)
     row.kind, row.conditions, row.actions = body.kind, body.conditions, body.actions
     row.active, row.position = body.active, body.position
     await session.flush()  # the answer carries the new rule's id

@@ -78,12 +78,13 @@ async def patch_ticket(ticket_id: str, body: TicketPatch, session: DbSession, pr
 @router.post("/tickets/{ticket_id}/replies", status_code=201)
 async def reply(ticket_id: str, body: ReplyIn, session: DbSession, principal: CurrentPrincipal) -> dict:
     async with session.begin():
-        await actions.access_ticket(session, principal, ticket_id)  # a stranger learns nothing from the upload check
+        attachments = []
+        if body.attachment_ids:
+            await actions.access_ticket(session, principal, ticket_id)  # a stranger learns nothing from the check
+            attachments = await actions.check_attachments(session, principal, body.attachment_ids)
         made = await actions.do_reply(session, principal, ticket_id, body.body, public=body.public,
-                                      channel="web" if _requester(principal) else "api",
-                                      attachment_ids=await actions.check_attachments(session, principal,
-                                                                                     body.attachment_ids))
-        ticket = await actions.access_ticket(session, principal, ticket_id)
+                                      channel="web" if _requester(principal) else "api", attachment_ids=attachments)
+        ticket = await session.get(Ticket, made.ticket_id)  # locked and loaded by do_reply: no query
         return {**await full_ticket(session, ticket, principal), "reply": reply_out(made)}
 
 

@@ -18,7 +18,7 @@ from email.headerregistry import Address
 from email.utils import parseaddr
 
 import structlog
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,8 +33,8 @@ from shopdesk.core.clock import isoformat, now
 from shopdesk.core.db import transaction
 from shopdesk.core.errors import Conflict, ValidationFailed
 from shopdesk.core.ids import new_id
+from shopdesk.customers import actions as customers
 from shopdesk.customers.actions import get_customer
-from shopdesk.customers.models import Customer
 from shopdesk.integrations import mail
 from shopdesk.tickets import actions
 from shopdesk.tickets.channel_models import InboundEmail, Mailbox
@@ -292,7 +292,7 @@ async def _take_in(session: AsyncSession, merchant_id: str, mailbox_id: str | No
 
 async def _open_ticket(session: AsyncSession, merchant_id: str, parsed: mail.InboundMail, sender: str,
                        follow_up_of: Ticket | None, store_id: str | None) -> Ticket:
-    customer = await customer_by_email(session, merchant_id, sender)
+    customer = await customers.customer_by_email(session, merchant_id, sender)
     subject = _text(re.sub(r"\s+", " ", parsed.subject).strip(), SUBJECT_MAX).strip() or NO_SUBJECT
     # A first mail keeps everything it says (a forwarded conversation is the content); a mail that answers
     # a closed ticket keeps only its new part, the rest is on the old ticket.
@@ -305,14 +305,6 @@ async def _open_ticket(session: AsyncSession, merchant_id: str, parsed: mail.Inb
     return await actions.do_create_ticket(session, Principal("merchant_key", merchant_id), body,
                                           actor=("shopper", customer.id if customer else None),
                                           customer_id=customer.id if customer else None, store_id=store_id)
-
-
-async def customer_by_email(session: AsyncSession, merchant_id: str, address: str) -> Customer | None:
-    if not address:
-        return None
-    return (await session.execute(select(Customer).where(Customer.merchant_id == merchant_id,
-                                                         func.lower(Customer.email) == address.lower())
-                                  .order_by(Customer.created_at).limit(1))).scalar_one_or_none()
 
 
 async def is_requester(session: AsyncSession, ticket: Ticket, address: str | None) -> bool:

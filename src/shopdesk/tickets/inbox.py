@@ -24,7 +24,7 @@ from shopdesk.tickets.states import PRIORITIES
 KINDS = ("ticket", "chat", "aftersales", "task")
 OPEN_GROUPS = ("new", "open", "pending")
 SORTS = ("updated_desc", "updated_asc")
-AFTERSALES_HORIZON = timedelta(hours=24)
+HORIZON = timedelta(hours=24)  # cases and tasks due within it are inbox work
 FILTER_KEYS = {"kinds", "status_group", "assignee", "priority", "category", "tag", "q", "channel", "urged"}
 TICKET_ONLY = ("priority", "category", "tag", "q", "status_group", "urged")  # a chat, case or task has none
 
@@ -69,17 +69,22 @@ def _assignee(column, principal: Principal, value: str | None):
     return column == value
 
 
-def _after(at_col, id_col, cursor: tuple[datetime, str] | None, ascending: bool):
-    if cursor is None:
-        return None
-    at, ident = cursor
-    if ascending:
-        return or_(at_col > at, and_(at_col == at, id_col > ident))
-    return or_(at_col < at, and_(at_col == at, id_col < ident))
+async def _page(session, stmt, at_col, id_col, cursor: tuple[datetime, str] | None, ascending: bool, limit: int):
+    """One source's rows after the cursor (time, id), in the list's order."""
+    if cursor is not None:
+        at, ident = cursor
+        if ascending:
+            stmt = stmt.where(or_(at_col > at, and_(at_col == at, id_col > ident)))
+        else:
+            stmt = stmt.where(or_(at_col < at, and_(at_col == at, id_col < ident)))
+    order = (at_col.asc(), id_col.asc()) if ascending else (at_col.desc(), id_col.desc())
+    return (await session.execute(stmt.order_by(*order).limit(limit))).scalars()
 
 
-def _order(at_col, id_col, ascending: bool):
-    return (at_col.asc(), id_col.asc()) if ascending else (at_col.desc(), id_col.desc())
+def _tasks_due(merchant_id: str):
+    """Open revisit tasks due within the inbox's horizon."""
+    return select(TicketTask).where(TicketTask.merchant_id == merchant_id, TicketTask.status == "open",
+                                    TicketTask.due_at <= now() + HORIZON)
 
 
 def _groups_in(groups: list[str] | tuple[str, ...]):
@@ -122,11 +127,7 @@ def _ticket_item(t: Ticket) -> dict:
 
 async def _tickets(session, principal, f, cursor, ascending, limit) -> list[dict]:
     stmt = ticket_select(principal, f)
-    after = _after(Ticket.updated_at, Ticket.id, cursor, ascending)
-    if after is not None:
-        stmt = stmt.where(after)
-    rows = (await session.execute(stmt.order_by(*_order(Ticket.updated_at, Ticket.id, ascending))
-                                  .limit(limit))).scalars()
+    rows = await _page(session, stmt, Ticket.updated_at, Ticket.id, cursor, ascending, limit)
     return [_ticket_item(t) for t in rows]
 
 
@@ -140,11 +141,7 @@ async def _chats(session, principal, f, cursor, ascending, limit) -> list[dict]:
     cond = _assignee(Conversation.assignee_id, principal, f.get("assignee"))
     if cond is not None:
         stmt = stmt.where(cond)
-    after = _after(Conversation.updated_at, Conversation.id, cursor, ascending)
-    if after is not None:
-        stmt = stmt.where(after)
-    rows = (await session.execute(stmt.order_by(*_order(Conversation.updated_at, Conversation.id, ascending))
-                                  .limit(limit))).scalars()
+    rows = await _page(session, stmt, Conversation.updated_at, Conversation.id, cursor, ascending, limit)
     return [{"kind": "chat", "id": c.id, "ref": c.id[-6:], "title": "在线咨询" if c.status == "queued" else "网页留言",
              "status": c.status, "status_group": "new", "priority": "normal", "assignee_id": c.assignee_id,
              "due_at": None, "breached": False, "urge_count": 0, "channel": "chat", "at": c.updated_at,
@@ -157,14 +154,10 @@ async def _cases(session, principal, f, cursor, ascending, limit) -> list[dict]:
 
     if f.get("assignee") or any(f.get(k) for k in TICKET_ONLY if k != "q"):
         return []
-    stmt = due_soon(principal.merchant_id, now() + AFTERSALES_HORIZON)
+    stmt = due_soon(principal.merchant_id, now() + HORIZON)
     if f.get("q"):
         stmt = stmt.where(AftersaleCase.case_no == f["q"].strip())
-    after = _after(AftersaleCase.updated_at, AftersaleCase.id, cursor, ascending)
-    if after is not None:
-        stmt = stmt.where(after)
-    rows = (await session.execute(stmt.order_by(*_order(AftersaleCase.updated_at, AftersaleCase.id, ascending))
-                                  .limit(limit))).scalars()
+    rows = await _page(session, stmt, AftersaleCase.updated_at, AftersaleCase.id, cursor, ascending, limit)
     return [{"kind": "aftersales", "id": c.id, "ref": c.case_no, "title": f"售后 {c.case_no}", "status": c.status,
              "status_group": "open", "priority": "high", "assignee_id": None, "due_at": isoformat(c.deadline_at),
              "breached": False, "urge_count": 0, "channel": "aftersales", "at": c.updated_at,
@@ -174,16 +167,11 @@ async def _cases(session, principal, f, cursor, ascending, limit) -> list[dict]:
 async def _tasks(session, principal, f, cursor, ascending, limit) -> list[dict]:
     if any(f.get(k) for k in TICKET_ONLY):
         return []
-    stmt = select(TicketTask).where(TicketTask.merchant_id == principal.merchant_id, TicketTask.status == "open",
-                                    TicketTask.due_at <= now() + timedelta(hours=24))
+    stmt = _tasks_due(principal.merchant_id)
     cond = _assignee(TicketTask.assignee_id, principal, f.get("assignee"))
     if cond is not None:
         stmt = stmt.where(cond)
-    after = _after(TicketTask.due_at, TicketTask.id, cursor, ascending)
-    if after is not None:
-        stmt = stmt.where(after)
-    rows = (await session.execute(stmt.order_by(*_order(TicketTask.due_at, TicketTask.id, ascending))
-                                  .limit(limit))).scalars()
+    rows = await _page(session, stmt, TicketTask.due_at, TicketTask.id, cursor, ascending, limit)
     return [{"kind": "task", "id": t.id, "ref": t.kind, "title": t.note or "回访", "status": t.status,
              "status_group": "open", "priority": "normal", "assignee_id": t.assignee_id,
              "due_at": isoformat(t.due_at), "breached": t.due_at < now(), "urge_count": 0, "channel": "revisit",
@@ -230,11 +218,10 @@ async def counts(session: AsyncSession, principal: Principal) -> dict:
         func.count().filter(Ticket.urge_count > 0)).where(open_))).one()
     chats = (await session.execute(select(func.count()).select_from(waiting(principal.merchant_id).subquery()))).scalar()
     cases = (await session.execute(select(func.count()).select_from(
-        due_soon(principal.merchant_id, now() + AFTERSALES_HORIZON).with_only_columns(AftersaleCase.id).subquery())
+        due_soon(principal.merchant_id, now() + HORIZON).with_only_columns(AftersaleCase.id).subquery())
     )).scalar()
-    tasks = (await session.execute(select(func.count()).where(
-        TicketTask.merchant_id == principal.merchant_id, TicketTask.status == "open",
-        TicketTask.due_at <= now() + timedelta(hours=24)))).scalar()
+    tasks = (await session.execute(select(func.count()).select_from(
+        _tasks_due(principal.merchant_id).subquery()))).scalar()
     return {"tickets": {"open_total": row[0], "new": row[1], "open": row[2], "pending": row[3], "mine": row[4],
                         "unassigned": row[5], "urged": row[6]},
             "chats_waiting": chats, "aftersales_due": cases, "tasks_due": tasks}

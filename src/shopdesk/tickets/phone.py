@@ -23,6 +23,7 @@ from shopdesk.core.clock import as_utc, isoformat, now
 from shopdesk.core.errors import NotFound, ValidationFailed
 from shopdesk.core.pubsub import Event, get_broker
 from shopdesk.core.security import hmac_hex, same
+from shopdesk.customers import actions as customers
 from shopdesk.customers.models import Customer
 from shopdesk.tickets import actions
 from shopdesk.tickets.channel_models import CallLog
@@ -105,25 +106,6 @@ def mask_phone(phone: str) -> str:
     return phone[:3] + "****" + phone[-4:]
 
 
-def _spellings(phone: str) -> list[str]:
-    """The ways a shop may have stored this number, for an indexed IN lookup."""
-    out = {phone, f"+86{phone}", f"86{phone}", f"+86 {phone}", f"0086{phone}"}
-    if len(phone) == 11 and phone.startswith("1"):
-        for sep in (" ", "-"):
-            grouped = sep.join((phone[:3], phone[3:7], phone[7:]))
-            out |= {grouped, f"+86 {grouped}", f"+86{sep}{grouped}"}
-    return sorted(out)
-
-
-async def customer_by_phone(session: AsyncSession, merchant_id: str, phone: str) -> Customer | None:
-    """The merchant's customer with this number (the newest, if several share it)."""
-    if len(phone) < 5:
-        return None
-    return (await session.execute(select(Customer).where(
-        Customer.merchant_id == merchant_id, Customer.phone.in_(_spellings(phone)))
-        .order_by(Customer.created_at.desc(), Customer.id.desc()).limit(1))).scalar_one_or_none()
-
-
 @dataclass
 class CallOutcome:
     """What one event did, and the real-time frames to publish once it is committed."""
@@ -187,7 +169,7 @@ async def do_call_event(session: AsyncSession, store: Store, ev: CallEventIn) ->
     if not log.caller and caller:
         log.caller = caller
     if log.customer_id is None and log.caller:
-        customer = await customer_by_phone(session, log.merchant_id, log.caller)
+        customer = await customers.customer_by_phone(session, log.merchant_id, log.caller)
         log.customer_id = customer.id if customer else None
     outcome = CallOutcome(log, applied=True)
     log.state = ev.event
