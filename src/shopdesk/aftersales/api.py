@@ -5,12 +5,12 @@ import json
 from datetime import datetime
 
 from fastapi import APIRouter, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
 from shopdesk.accounts.auth import Principal
 from shopdesk.accounts.models import Merchant
-from shopdesk.aftersales import actions, states
+from shopdesk.aftersales import actions, fast, states
 from shopdesk.aftersales.models import AftersaleCase, Upload
 from shopdesk.aftersales.policy import aftersales_settings
 from shopdesk.aftersales.queries import list_cases, refunds_by_case
@@ -49,6 +49,12 @@ async def quote(body: QuoteIn, session: DbSession, principal: CurrentPrincipal) 
 
 @router.post("/aftersales", status_code=201)
 async def create_case(body: CaseIn, request: Request, session: DbSession, principal: CurrentPrincipal):
+    if fast.enabled(session) and "idempotency-key" not in request.headers:
+        try:
+            async with session.begin():
+                return JSONResponse(await fast.create(session, principal, body), status_code=201)
+        except fast.Slow:
+            pass  # rolled back: the do_* below decides
     async def make() -> dict:
         case = await actions.do_create_case(session, principal, body)
         return await full_case(session, case, principal)
@@ -101,6 +107,13 @@ async def _parse(request: Request, model):
 async def case_action(case_id: str, action: str, request: Request, session: DbSession,
                       principal: CurrentPrincipal) -> dict:
     """Run one case action; who may run it is checked against the token."""
+    if action in fast.STEPS and fast.enabled(session):
+        body = await _parse(request, fast.STEPS[action][0])
+        try:
+            async with session.begin():
+                return await fast.case_action(session, principal, case_id, action, body)
+        except fast.Slow:
+            pass  # rolled back: the do_* below decides
     async with session.begin():
         if action == "approve":
             b = await _parse(request, ApproveIn)

@@ -34,13 +34,21 @@ DEFAULTS: dict = {
 
 def aftersales_settings(merchant: Merchant) -> dict:
     """The merchant's settings over the defaults (a shallow overlay: callers read it, never change it)."""
-    stored = (merchant.settings or {}).get("aftersales", {})
+    return settings_from(merchant.settings)
+
+
+def settings_from(stored_settings: dict | None) -> dict:
+    """`aftersales_settings` of a merchant's settings column."""
+    stored = (stored_settings or {}).get("aftersales", {})
     return {**DEFAULTS, **stored, "timers": {**DEFAULT_TIMERS, **stored.get("timers", {})}}
 
 
 def policy_of(merchant: Merchant) -> Policy:
-    s = aftersales_settings(merchant)
-    return Policy(time_zone=merchant.time_zone, art17_recalculation=bool(s["art17_recalculation"]),
+    return policy_from(aftersales_settings(merchant), merchant.time_zone)
+
+
+def policy_from(s: dict, time_zone: str) -> Policy:
+    return Policy(time_zone=time_zone, art17_recalculation=bool(s["art17_recalculation"]),
                   free_shipping_threshold_fen=s["free_shipping_threshold_fen"],
                   standard_shipping_fen=s["standard_shipping_fen"], reasons=s["reasons"])
 

@@ -26,22 +26,45 @@ STATUS_ZH = {
 }
 
 
-async def notify_case_change(session: AsyncSession, case, action: str) -> None:
-    """Queue the shopper's email and the merchant's webhooks for a case change (after commit)."""
+def case_mail(case, customer) -> dict | None:
+    """The shopper's email about a case change, or None when they gave no address."""
     from shopdesk.config import get_settings
 
-    customer = await session.get(Customer, case.customer_id)
-    if customer and customer.email:
-        body = _mail.get_template("case_changed.txt").render(
-            case=case, status_zh=STATUS_ZH.get(case.status, case.status), customer=customer,
-            link=f"{get_settings().base_url}/shop/cases/{case.id}")
-        enqueue(session, "email", {"to": customer.email,
-                                   "subject": f"【售后进度】{case.case_no} {STATUS_ZH.get(case.status, case.status)}",
-                                   "body": body}, case.merchant_id)
-    await emit_webhook(session, case.merchant_id, f"aftersales.{action}", {
-        "case": {"id": case.id, "case_no": case.case_no, "type": case.type, "status": case.status,
-                 "version": case.version, "order_id": case.order_id, "refund_fen": case.refund_fen,
-                 "deadline_at": isoformat(case.deadline_at)}})
+    if not (customer and customer.email):
+        return None
+    status_zh = STATUS_ZH.get(case.status, case.status)
+    body = _mail.get_template("case_changed.txt").render(
+        case=case, status_zh=status_zh, customer=customer, link=f"{get_settings().base_url}/shop/cases/{case.id}")
+    return {"to": customer.email, "subject": f"【售后进度】{case.case_no} {status_zh}", "body": body}
+
+
+def case_event_data(case) -> dict:
+    """What a case webhook says about the case."""
+    return {"case": {"id": case.id, "case_no": case.case_no, "type": case.type, "status": case.status,
+                     "version": case.version, "order_id": case.order_id, "refund_fen": case.refund_fen,
+                     "deadline_at": isoformat(case.deadline_at)}}
+
+
+def wants(patterns: list[str] | None, event: str) -> bool | None:
+    """Whether the merchant's webhook summary matches an event; None when there is no summary."""
+    if patterns is None:
+        return None
+    return any(fnmatch.fnmatchcase(event, p) for p in patterns)
+
+
+def webhook_payloads(hooks, event: str, data: dict) -> list[dict]:
+    """One outbox payload per webhook subscribed to the event."""
+    return [{"webhook_id": hook.id, "url": hook.url, "body": {
+        "id": new_id(), "event": event, "created_at": isoformat(now()), "data": data}}
+        for hook in hooks if any(fnmatch.fnmatchcase(event, pattern) for pattern in hook.events)]
+
+
+async def notify_case_change(session: AsyncSession, case, action: str) -> None:
+    """Queue the shopper's email and the merchant's webhooks for a case change (after commit)."""
+    mail = case_mail(case, await session.get(Customer, case.customer_id))
+    if mail:
+        enqueue(session, "email", mail, case.merchant_id)
+    await emit_webhook(session, case.merchant_id, f"aftersales.{action}", case_event_data(case))
 
 
 async def do_create_webhook(session: AsyncSession, merchant_id: str, url: str, events: list[str],
@@ -62,14 +85,11 @@ async def do_create_webhook(session: AsyncSession, merchant_id: str, url: str, e
 async def emit_webhook(session: AsyncSession, merchant_id: str, event: str, data: dict) -> None:
     # The merchant row (usually already read by the action) summarises what its webhooks subscribe
     # to, so an event nobody wants costs no query. A merchant without the summary is looked up in full.
-    patterns = ((await merchant_of(session, merchant_id)).settings or {}).get("webhook_events")
-    if patterns is not None and not any(fnmatch.fnmatchcase(event, p) for p in patterns):
+    if wants(((await merchant_of(session, merchant_id)).settings or {}).get("webhook_events"), event) is False:
         return
     hooks = (await session.execute(select(Webhook).where(Webhook.merchant_id == merchant_id))).scalars()
-    for hook in hooks:
-        if any(fnmatch.fnmatchcase(event, pattern) for pattern in hook.events):
-            enqueue(session, "webhook", {"webhook_id": hook.id, "url": hook.url, "body": {
-                "id": new_id(), "event": event, "created_at": isoformat(now()), "data": data}}, merchant_id)
+    for payload in webhook_payloads(hooks, event, data):
+        enqueue(session, "webhook", payload, merchant_id)
 
 
 async def notify_supervisors(session: AsyncSession, case, text: str) -> None:

@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from shopdesk.accounts.models import Merchant
+from shopdesk.aftersales import fast
 from shopdesk.config import get_settings
 from shopdesk.core.errors import NotFound
 from shopdesk.integrations.payments import PROVIDER_NAMES, BadNotification, get_provider
@@ -40,6 +41,12 @@ async def get_refund(refund_no: str, session: DbSession, principal: CurrentPrinc
 
 @router.post("/refunds/{refund_no}/confirm")
 async def confirm(refund_no: str, body: ConfirmIn, session: DbSession, principal: CurrentPrincipal) -> dict:
+    if fast.enabled(session):
+        try:
+            async with session.begin():
+                return await fast.confirm_refund(session, principal, refund_no, body.reference)
+        except fast.Slow:
+            pass  # rolled back: the do_* below decides
     async with session.begin():
         refund = await do_confirm_manual(session, principal, refund_no, body.reference)
         return refund_out(refund)

@@ -1,0 +1,524 @@
+"""The common after-sales steps on PostgreSQL in a few fixed statements (decision 0011).
+
+The `do_*` actions are the rulebook: they know every case type, every state and every error. Through
+the ORM they cost about a millisecond of server CPU per statement, and a return flow needs 44 of
+them. Here the everyday steps of a case (approve, ship-return, receive, confirm a manual refund)
+run as the same `do_*` would run them, but with fixed SQL straight through psycopg on the session's
+connection, in its transaction:
+
+1. lock and read the case whole in one statement (its lines, events and parcels as JSON, the
+   merchant's settings, the shopper's name and email, the merchant's webhooks);
+2. decide in Python with the same pure rules (`states`, `rules`, the deadline table, the mail and
+   webhook builders) on plain objects;
+3. write everything in one statement: the case, its event, audit rows, outbox rows, parcels, refunds
+   and the order's money, as one data-modifying CTE fed with JSON arrays (`write_sql`).
+
+Anything out of the ordinary (another case type, deductions, a platform operator, a case the caller
+may not see, a step the state does not allow) raises `Slow` before anything is written; the caller
+rolls back and runs the `do_*`, which gives the answer or the error. So this module only ever does
+what the `do_*` would have done, for the common case, faster. `tests/integration/aftersales/
+test_fast_path.py` runs flows both ways and compares every row they write.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from psycopg.rows import dict_row
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopdesk.accounts.auth import Principal
+from shopdesk.aftersales import states
+from shopdesk.aftersales.actions import _arm, case_out
+from shopdesk.aftersales.policy import policy_from, settings_from
+from shopdesk.aftersales.rules import TenderView, split_over_tenders
+from shopdesk.aftersales.schemas import ApproveIn, CaseIn, ReceiveIn, WaybillIn
+from shopdesk.core.clock import now
+from shopdesk.core.db import is_postgres
+from shopdesk.core.errors import IllegalTransition
+from shopdesk.core.ids import new_id
+from shopdesk.notifications.actions import case_event_data, case_mail, webhook_payloads, wants
+
+
+class Slow(Exception):
+    """This request needs the full `do_*` path; nothing has been written."""
+
+
+def enabled(session: AsyncSession) -> bool:
+    return is_postgres(session)
+
+
+# 1. The case, locked, with everything a step reads. xmin tells whether the row we locked is the
+# row the statement's snapshot saw: after waiting for another transaction's lock the children
+# below would be from before its commit, so the read is repeated (now holding the lock).
+READ_CASE = """SELECT c.*, c.xmin::text AS row_xmin,
+  (SELECT v.xmin::text FROM aftersale_case v WHERE v.id = c.id) AS seen_xmin,
+  m.settings AS merchant_settings, cu.name AS customer_name, cu.email AS customer_email,
+  (SELECT coalesce(json_agg(json_build_object('id', l.id, 'order_line_id', l.order_line_id,
+     'quantity', l.quantity, 'refund_fen', l.refund_fen, 'is_open', l.is_open) ORDER BY l.position), '[]')
+   FROM aftersale_line l WHERE l.case_id = c.id) AS lines,
+  (SELECT coalesce(json_agg(json_build_object('at', e.at, 'actor', e.actor, 'action', e.action,
+     'from_status', e.from_status, 'to_status', e.to_status, 'note', e.note) ORDER BY e.seq), '[]')
+   FROM aftersale_event e WHERE e.case_id = c.id) AS events,
+  (SELECT coalesce(json_agg(json_build_object('direction', s.direction, 'carrier', s.carrier,
+     'tracking_no', s.tracking_no, 'shipped_at', s.shipped_at, 'signed_at', s.signed_at)
+     ORDER BY s.shipped_at), '[]')
+   FROM case_shipment s WHERE s.case_id = c.id) AS shipments,
+  (SELECT coalesce(json_agg(json_build_object('id', w.id, 'url', w.url, 'events', w.events)), '[]')
+   FROM webhook w WHERE w.merchant_id = c.merchant_id) AS webhooks
+FROM aftersale_case c JOIN merchant m ON m.id = c.merchant_id JOIN customer cu ON cu.id = c.customer_id
+WHERE c.id = %(id)s FOR UPDATE OF c"""
+
+LOCK_ORDER = 'SELECT 1 FROM "order" WHERE id = %(id)s FOR UPDATE'
+# Read after the lock, in a statement of its own, so it sees every change committed before it.
+READ_ORDER = """SELECT o.shipping_refunded_fen,
+  (SELECT json_agg(json_build_object('id', l.id, 'quantity', l.quantity, 'paid_fen', l.paid_fen,
+     'refunded_fen', l.refunded_fen, 'refunded_qty', l.refunded_qty) ORDER BY l.position)
+   FROM order_line l WHERE l.order_id = o.id) AS lines,
+  (SELECT json_agg(json_build_object('id', p.id, 'method', p.method, 'amount_fen', p.amount_fen,
+     'refunded_fen', p.refunded_fen, 'trade_no', p.trade_no) ORDER BY p.position)
+   FROM payment p WHERE p.order_id = o.id) AS payments
+FROM "order" o WHERE o.id = %(id)s"""
+
+# Case creation: the order locked (and the merchant's time zone, which names the day's counter), then
+# everything the quote reads, with the day's next case number taken in the same statement.
+LOCK_ORDER_FOR_CASE = """SELECT o.customer_id, m.time_zone FROM "order" o JOIN merchant m ON m.id = o.merchant_id
+WHERE o.id = %(id)s AND o.merchant_id = %(merchant_id)s FOR UPDATE OF o"""
+READ_FOR_CASE = """WITH n AS (INSERT INTO counter (merchant_id, name, value) VALUES (%(merchant_id)s, %(counter)s, 1)
+  ON CONFLICT (merchant_id, name) DO UPDATE SET value = counter.value + 1 RETURNING value)
+SELECT (SELECT value FROM n) AS number, o.shipping_fee_fen, o.shipping_refunded_fen, o.discounts,
+  m.settings AS merchant_settings, cu.name AS customer_name, cu.email AS customer_email,
+  (SELECT json_agg(json_build_object('id', l.id, 'line_no', l.line_no, 'sku', l.sku, 'quantity', l.quantity,
+     'unit_price_fen', l.unit_price_fen, 'paid_fen', l.paid_fen, 'refunded_fen', l.refunded_fen,
+     'refunded_qty', l.refunded_qty, 'is_gift', l.is_gift, 'declared_value_fen', l.declared_value_fen,
+     'art7_confirmed', l.art7_confirmed, 'no_reason_return', l.no_reason_return) ORDER BY l.position)
+   FROM order_line l WHERE l.order_id = o.id) AS lines,
+  (SELECT coalesce(json_agg(json_build_object('id', p.id, 'method', p.method, 'amount_fen', p.amount_fen,
+     'refunded_fen', p.refunded_fen) ORDER BY p.position), '[]') FROM payment p WHERE p.order_id = o.id) AS payments,
+  (SELECT coalesce(json_agg(json_build_object('line_nos', s.line_nos, 'shipped_at', s.shipped_at,
+     'signed_at', s.signed_at) ORDER BY s.shipped_at), '[]') FROM shipment s WHERE s.order_id = o.id) AS shipments,
+  (SELECT coalesce(json_agg(json_build_object('order_line_id', a.order_line_id, 'is_open', a.is_open)), '[]')
+   FROM aftersale_line a JOIN order_line l ON l.id = a.order_line_id WHERE l.order_id = o.id) AS case_lines,
+  (SELECT coalesce(json_agg(json_build_object('id', u.id, 'merchant_id', u.merchant_id, 'owner_id', u.owner_id)),
+     '[]') FROM upload u WHERE u.id = ANY(%(photos)s::varchar[])) AS uploads,
+  (SELECT coalesce(json_agg(json_build_object('id', w.id, 'url', w.url, 'events', w.events)), '[]')
+   FROM webhook w WHERE w.merchant_id = o.merchant_id) AS webhooks
+FROM "order" o JOIN merchant m ON m.id = o.merchant_id JOIN customer cu ON cu.id = o.customer_id
+WHERE o.id = %(id)s"""
+
+READ_REFUND = "SELECT * FROM refund WHERE refund_no = %(no)s FOR UPDATE"
+READ_REFUNDS = "SELECT refund_no, status, supersedes FROM refund WHERE case_id = %(case_id)s"
+
+# 3. Every write of a step in one statement. Each part reads a JSON array (empty when the step has
+# nothing for it); new rows are whole rows of their table, and the case is written whole, as the step
+# left it, under the lock.
+_CASE_COLUMNS = ("status", "version", "updated_at", "closed_at", "deadline_at", "deadline_action", "alarm_at",
+                 "return_address", "approved_at", "received_at", "postage_refund_fen", "refund_fen", "deductions",
+                 "reject_reason")
+_INSERTS = {"new_cases": "aftersale_case", "new_lines": "aftersale_line", "events": "aftersale_event",
+            "audit": "audit_log", "outbox": "outbox", "parcels": "case_shipment", "refunds": "refund"}
+# Updates: part → (table, columns set from the JSON rows, matched on id).
+_UPDATES = {"cases": ("aftersale_case", _CASE_COLUMNS),
+            "refund_updates": ("refund", ("status", "provider_ref", "last_error", "next_attempt_at", "settled_at")),
+            "order_lines": ("order_line", ("refunded_fen", "refunded_qty")),
+            "payments": ("payment", ("refunded_fen",)),
+            "orders": ('"order"', ("shipping_refunded_fen",))}
+_WRITE_PARTS = {
+    **{part: f"INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, %({part})s::jsonb)"
+       for part, table in _INSERTS.items()},
+    **{part: f"UPDATE {table} AS t SET " + ", ".join(f"{col} = x.{col}" for col in cols)
+       + f" FROM jsonb_populate_recordset(NULL::{table}, %({part})s::jsonb) AS x WHERE t.id = x.id"
+       for part, (table, cols) in _UPDATES.items()},
+    "closed": "UPDATE aftersale_line SET is_open = false WHERE case_id = ANY(%(closed)s::varchar[]) AND is_open",
+}
+
+
+@lru_cache(maxsize=64)
+def write_sql(parts: tuple[str, ...]) -> str:
+    """The statement that writes these parts: one data-modifying CTE each (a step has few shapes)."""
+    return "WITH " + ",\n".join(f"w_{part} AS ({_WRITE_PARTS[part]})" for part in parts) + "\nSELECT 1"
+
+
+_PARTS = (*_INSERTS, *_UPDATES)
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _dumps(rows: list[dict]) -> str:
+    return json.dumps(rows, default=_jsonable, ensure_ascii=False, separators=(",", ":"))
+
+
+def _at(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+class Step:
+    """One request's statements: the reads, and the writes it gathers for `write_sql`."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+        self.writes: dict[str, list] = {part: [] for part in _PARTS}
+        self.closed: list[str] = []
+
+    @classmethod
+    async def of(cls, session: AsyncSession) -> "Step":
+        raw = await (await session.connection()).get_raw_connection()
+        return cls(raw.driver_connection)
+
+    async def rows(self, sql: str, params: dict) -> list[dict]:
+        cur = self.driver.cursor(row_factory=dict_row)
+        await cur.execute(sql, params)
+        return await cur.fetchall()
+
+    async def case(self, case_id: str) -> SimpleNamespace:
+        """Lock and read a case whole, as plain objects."""
+        for _ in range(2):
+            found = await self.rows(READ_CASE, {"id": case_id})
+            if not found:
+                raise Slow
+            row = found[0]
+            if row["row_xmin"] == row["seen_xmin"]:
+                break
+        else:
+            raise Slow  # changed again under us (cannot happen while we hold the lock)
+        case = SimpleNamespace(**row)
+        case.lines = [SimpleNamespace(**ln) for ln in row["lines"]]
+        case.events = [SimpleNamespace(**{**e, "at": _at(e["at"])}) for e in row["events"]]
+        case.shipments = [SimpleNamespace(direction=s["direction"], carrier=s["carrier"],
+                                          tracking_no=s["tracking_no"], shipped_at=_at(s["shipped_at"]),
+                                          signed_at=_at(s["signed_at"])) for s in row["shipments"]]
+        case.customer = SimpleNamespace(name=row["customer_name"], email=row["customer_email"])
+        case.settings = settings_from(row["merchant_settings"])
+        case.webhook_events = (row["merchant_settings"] or {}).get("webhook_events")
+        case.webhooks = [SimpleNamespace(**w) for w in row["webhooks"]]
+        case.changed = False
+        return case
+
+    async def order(self, order_id: str) -> SimpleNamespace:
+        await self.rows(LOCK_ORDER, {"id": order_id})
+        row = (await self.rows(READ_ORDER, {"id": order_id}))[0]
+        return SimpleNamespace(id=order_id, shipping_refunded_fen=row["shipping_refunded_fen"],
+                               lines=[SimpleNamespace(**ln) for ln in row["lines"] or []],
+                               payments=[SimpleNamespace(**p) for p in row["payments"] or []],
+                               shipping_changed=False)
+
+    # What `_event`, `record` and `enqueue` add to a session, as rows for `write_sql`.
+    def event(self, case, actor: str, actor_id: str | None, action: str, from_status: str | None,
+              to_status: str | None, note: str = "", data: dict | None = None) -> None:
+        at = now()
+        self.writes["events"].append({
+            "id": new_id(), "merchant_id": case.merchant_id, "case_id": case.id, "seq": len(case.events) + 1,
+            "at": at, "actor": actor, "actor_id": actor_id, "action": action, "from_status": from_status,
+            "to_status": to_status, "note": note or "", "data": data or {}})
+        case.events.append(SimpleNamespace(at=at, actor=actor, action=action, from_status=from_status,
+                                           to_status=to_status, note=note or ""))
+
+    def audit(self, *, merchant_id: str, actor_type: str, actor_id: str | None, action: str, object_type: str,
+              object_id: str, data: dict | None = None) -> None:
+        self.writes["audit"].append({"id": new_id(), "merchant_id": merchant_id, "at": now(),
+                                     "actor_type": actor_type, "actor_id": actor_id, "action": action,
+                                     "object_type": object_type, "object_id": object_id, "data": data or {}})
+
+    def enqueue(self, kind: str, payload: dict, merchant_id: str) -> None:
+        at = now()
+        self.writes["outbox"].append({"id": new_id(), "merchant_id": merchant_id, "kind": kind, "payload": payload,
+                                      "status": "pending", "attempts": 0, "next_attempt_at": at, "created_at": at})
+
+    def notify(self, case, action: str) -> None:
+        """What `notify_case_change` queues: the shopper's mail and the subscribed webhooks."""
+        mail = case_mail(case, case.customer)
+        if mail:
+            self.enqueue("email", mail, case.merchant_id)
+        event = f"aftersales.{action}"
+        if wants(case.webhook_events, event) is not False:
+            for payload in webhook_payloads(case.webhooks, event, case_event_data(case)):
+                self.enqueue("webhook", payload, case.merchant_id)
+
+    def move(self, case, action: str, actor: str, actor_id: str | None, note: str = "",
+             data: dict | None = None) -> str:
+        """What `actions._move` does, on the plain case."""
+        target = next_status(action, case)
+        before = case.status
+        at = now()
+        case.status = target
+        case.version += 1
+        case.updated_at = at
+        if target in states.FINAL:
+            case.closed_at = at
+            for line in case.lines:
+                line.is_open = False
+            self.closed.append(case.id)
+        self.event(case, actor, actor_id, action, before, target, note, data)
+        _arm(case, case.settings, at)
+        self.notify(case, action)
+        self.audit(merchant_id=case.merchant_id, actor_type=actor, actor_id=actor_id, action=f"aftersales.{action}",
+                   object_type="aftersale_case", object_id=case.id, data={"from": before, "to": target, **(data or {})})
+        case.changed = True
+        return target
+
+    async def write(self, *cases) -> None:
+        self.writes["cases"] = [{"id": c.id, **{col: getattr(c, col) for col in _CASE_COLUMNS}}
+                                for c in cases if c.changed]
+        params: dict[str, Any] = {part: _dumps(rows) for part, rows in self.writes.items() if rows}
+        if self.closed:
+            params["closed"] = self.closed
+        if params:
+            await self.rows(write_sql(tuple(params)), params)
+
+
+def next_status(action: str, case) -> str:
+    try:
+        return states.next_status(action, case.status, case.type)
+    except IllegalTransition:
+        raise Slow from None  # the do_* says why
+
+
+def _staff_side(principal: Principal, case) -> None:
+    if not principal.is_merchant_side or principal.merchant_id != case.merchant_id:
+        raise Slow
+
+
+def _buyer(principal: Principal, case) -> None:
+    if principal.kind != "shopper" or principal.merchant_id != case.merchant_id or \
+            principal.customer_id != case.customer_id:
+        raise Slow
+
+
+# 2. The steps. Each mirrors its do_* for the cases it takes, and raises Slow for the rest.
+async def approve(step: Step, principal: Principal, case_id: str, body: ApproveIn):
+    """`do_approve` of a case that goes to awaiting_return, with no deductions."""
+    case = await step.case(case_id)
+    _staff_side(principal, case)
+    if body.deductions or (body.expected_version is not None and body.expected_version != case.version):
+        raise Slow
+    if next_status("approve", case) != "awaiting_return":
+        raise Slow  # money moves now, or a parcel goes out: the do_* handles it
+    case.deductions = []
+    case.refund_fen = case.goods_refund_fen + case.shipping_refund_fen
+    case.return_address = (body.return_address.model_dump() if body.return_address
+                           else case.settings.get("return_address"))
+    if not case.return_address:
+        raise Slow
+    case.approved_at = now()
+    step.move(case, "approve", principal.actor, principal.actor_id, body.note)
+    await step.write(case)
+    return case, []
+
+
+async def ship_return(step: Step, principal: Principal, case_id: str, body: WaybillIn):
+    """`do_ship_return` without return postage (the buyer's own cost)."""
+    case = await step.case(case_id)
+    _buyer(principal, case)
+    if body.postage_fen:
+        raise Slow
+    next_status("ship_return", case)
+    at = now()
+    step.writes["parcels"].append({"id": new_id(), "merchant_id": case.merchant_id, "case_id": case.id,
+                                   "direction": "return", "carrier": body.carrier, "tracking_no": body.tracking_no,
+                                   "shipped_at": at, "signed_at": None, "tracking_state": None})
+    case.shipments.append(SimpleNamespace(direction="return", carrier=body.carrier, tracking_no=body.tracking_no,
+                                          shipped_at=at, signed_at=None))
+    step.move(case, "ship_return", "buyer", principal.customer_id, f"{body.carrier} {body.tracking_no}",
+              data={"carrier": body.carrier, "tracking_no": body.tracking_no})
+    await step.write(case)
+    return case, []
+
+
+async def receive(step: Step, principal: Principal, case_id: str, body: ReceiveIn):
+    """`do_receive` of a return_refund whose goods passed inspection: the refunds are created."""
+    case = await step.case(case_id)
+    _staff_side(principal, case)
+    if body.outcome != "ok" or case.type != "return_refund" or (
+            body.expected_version is not None and body.expected_version != case.version):
+        raise Slow
+    next_status("receive", case)
+    order = await step.order(case.order_id)
+    case.received_at = now()
+    step.move(case, "receive", principal.actor, principal.actor_id, body.note)
+    refunds = start_refunds(step, case, order)
+    await step.write(case)
+    return case, refunds
+
+
+def start_refunds(step: Step, case, order) -> list:
+    """`actions._start_refunds` and `refunds.create_refunds`: the refund rows and the money totals."""
+    from shopdesk.refunds.actions import new_refund_no
+
+    shipping = case.shipping_refund_fen if order.shipping_refunded_fen == 0 else 0
+    line_gross = {ln.order_line_id: (ln.quantity, ln.refund_fen) for ln in case.lines}
+    amount = max(case.goods_refund_fen + shipping + case.postage_refund_fen
+                 - sum(d["amount_fen"] for d in case.deductions), 0)
+    case.refund_fen = amount
+    if amount == 0:
+        raise Slow  # settles at once without refunds: rare, the do_* does it
+    for ln in order.lines:
+        if ln.id in line_gross:
+            qty, fen = line_gross[ln.id]
+            ln.refunded_fen += fen
+            ln.refunded_qty += qty
+            if ln.refunded_fen > ln.paid_fen or ln.refunded_qty > ln.quantity:
+                raise Slow  # the do_* refuses it with its error
+            step.writes["order_lines"].append({"id": ln.id, "refunded_fen": ln.refunded_fen,
+                                               "refunded_qty": ln.refunded_qty})
+    if shipping:
+        step.writes["orders"].append({"id": order.id, "shipping_refunded_fen": order.shipping_refunded_fen + shipping})
+    tenders = [TenderView(p.id, p.method, p.amount_fen, p.refunded_fen) for p in order.payments]
+    if amount > sum(t.amount_fen - t.refunded_fen for t in tenders):
+        raise Slow
+    providers = (case.merchant_settings or {}).get("payments", {}).get("providers", {})
+    by_id = {p.id: p for p in order.payments}
+    created = []
+    at = now()
+    for part in split_over_tenders(amount, tenders):
+        payment = by_id[part.payment_id]
+        payment.refunded_fen += part.amount_fen
+        step.writes["payments"].append({"id": payment.id, "refunded_fen": payment.refunded_fen})
+        refund = SimpleNamespace(id=new_id(), merchant_id=case.merchant_id, refund_no=new_refund_no(),
+                                 case_id=case.id, order_id=order.id, payment_id=payment.id, method=payment.method,
+                                 provider=providers.get(payment.method, "manual"), trade_no=payment.trade_no,
+                                 amount_fen=part.amount_fen, status="created", supersedes=None, attempts=0,
+                                 next_attempt_at=at, last_error=None, provider_ref=None, created_at=at,
+                                 settled_at=None)
+        step.writes["refunds"].append(vars(refund))
+        created.append(refund)
+        step.audit(merchant_id=case.merchant_id, actor_type="system", actor_id=None, action="refund.create",
+                   object_type="refund", object_id=refund.refund_no,
+                   data={"case_id": case.id, "amount_fen": part.amount_fen, "method": payment.method})
+    return created
+
+
+async def create(session: AsyncSession, principal: Principal, body: CaseIn) -> dict:
+    """`do_create_case` of a case that waits for review (no exchange goods, photos the caller's own)."""
+    from collections import Counter
+
+    from shopdesk.aftersales import rules
+    from shopdesk.orders.actions import line_shipping
+
+    merchant_id = principal.merchant_id
+    if principal.is_platform or merchant_id is None or body.deductions or body.exchange_to:
+        raise Slow
+    step = await Step.of(session)
+    locked = await step.rows(LOCK_ORDER_FOR_CASE, {"id": body.order_id, "merchant_id": merchant_id})
+    if not locked or (principal.kind == "shopper" and locked[0]["customer_id"] != principal.customer_id):
+        raise Slow
+    at = now()
+    day = at.astimezone(ZoneInfo(locked[0]["time_zone"])).strftime("%Y%m%d")
+    row = (await step.rows(READ_FOR_CASE, {"id": body.order_id, "merchant_id": merchant_id, "counter": f"AS{day}",
+                                           "photos": list(body.photo_ids)}))[0]
+    uploads = {u["id"]: u for u in row["uploads"]}
+    for pid in body.photo_ids:  # _check_photos
+        upload = uploads.get(pid)
+        if upload is None or upload["merchant_id"] != merchant_id or (
+                principal.kind == "shopper" and upload["owner_id"] != principal.customer_id):
+            raise Slow
+    # order_view, on the rows just read
+    counts = Counter(cl["order_line_id"] for cl in row["case_lines"])
+    open_lines = {cl["order_line_id"] for cl in row["case_lines"] if cl["is_open"]}
+    order = SimpleNamespace(lines=[SimpleNamespace(**ln) for ln in row["lines"]],
+                            shipments=[SimpleNamespace(line_nos=sh["line_nos"], shipped_at=_at(sh["shipped_at"]),
+                                                       signed_at=_at(sh["signed_at"])) for sh in row["shipments"]])
+    shipping = line_shipping(order)  # type: ignore[arg-type]
+    view = rules.OrderView(
+        [rules.LineView(**vars(ln), shipped_at=shipping[ln.id][0], signed_at=shipping[ln.id][1],
+                        has_open_case=ln.id in open_lines, case_count=counts[ln.id]) for ln in order.lines],
+        [TenderView(p["id"], p["method"], p["amount_fen"], p["refunded_fen"]) for p in row["payments"]],
+        row["shipping_fee_fen"], row["shipping_refunded_fen"], row["discounts"])
+    settings = settings_from(row["merchant_settings"])
+    req = rules.QuoteRequest(type=body.type, reason=body.reason, lines=[(ln.order_line_id, ln.quantity)
+                                                                        for ln in body.lines],
+                             amount_fen=body.amount_fen, photo_count=len(body.photo_ids))
+    q = rules.quote(view, req, at, policy_from(settings, locked[0]["time_zone"]))
+    if not q.eligible or q.auto_approve:
+        raise Slow
+    case = SimpleNamespace(
+        id=new_id(), version=1, alarm_level=0, postage_refund_fen=0, resubmit_count=0, merchant_id=merchant_id,
+        case_no=f"AS{day}-{row['number']:04d}", order_id=body.order_id, customer_id=locked[0]["customer_id"],
+        type=body.type, reason=body.reason, responsibility=q.responsibility, status="requested",
+        description=body.description, photo_ids=list(body.photo_ids), exchange_to=[],
+        requested_amount_fen=body.amount_fen, goods_refund_fen=q.goods_refund_fen,
+        shipping_refund_fen=q.shipping_refund_fen, refund_fen=q.refund_fen, buyer_pays_fen=q.buyer_pays_fen,
+        deductions=[], return_address=None, reject_reason=None, flags=list(q.flags), deadline_at=None,
+        deadline_action=None, alarm_at=None, created_at=at, updated_at=at, approved_at=None, received_at=None,
+        closed_at=None, lines=[], events=[], shipments=[], settings=settings,
+        customer=SimpleNamespace(name=row["customer_name"], email=row["customer_email"]),
+        webhook_events=(row["merchant_settings"] or {}).get("webhook_events"),
+        webhooks=[SimpleNamespace(**w) for w in row["webhooks"]])
+    for pos, ql in enumerate(q.lines):
+        line = {"id": new_id(), "merchant_id": merchant_id, "case_id": case.id, "order_line_id": ql.order_line_id,
+                "position": pos, "quantity": ql.quantity, "refund_fen": ql.refund_fen, "is_open": True}
+        step.writes["new_lines"].append(line)
+        case.lines.append(SimpleNamespace(**line))
+    step.event(case, principal.actor, principal.actor_id, "create", None, "requested", body.description)
+    _arm(case, settings, at)
+    step.notify(case, "create")
+    step.audit(merchant_id=merchant_id, actor_type=principal.actor, actor_id=principal.actor_id,
+               action="aftersales.create", object_type="aftersale_case", object_id=case.id,
+               data={"refund_fen": case.refund_fen, "type": case.type})
+    step.writes["new_cases"].append({col: getattr(case, col) for col in _NEW_CASE_COLUMNS})
+    await step.write()
+    return case_out(case, [], shopper=principal.kind == "shopper")
+
+
+_NEW_CASE_COLUMNS = ("id", "merchant_id", "case_no", "order_id", "customer_id", "type", "reason", "responsibility",
+                     "status", "version", "description", "photo_ids", "exchange_to", "requested_amount_fen",
+                     "goods_refund_fen", "shipping_refund_fen", "postage_refund_fen", "refund_fen", "buyer_pays_fen",
+                     "deductions", "return_address", "reject_reason", "flags", "deadline_at", "deadline_action",
+                     "alarm_at", "alarm_level", "resubmit_count", "created_at", "updated_at", "approved_at",
+                     "received_at", "closed_at")
+
+
+STEPS = {"approve": (ApproveIn, approve), "ship-return": (WaybillIn, ship_return), "receive": (ReceiveIn, receive)}
+
+
+async def case_action(session: AsyncSession, principal: Principal, case_id: str, action: str, body) -> dict:
+    """Run one step of STEPS in the session's transaction and answer as the route would; Slow if it cannot."""
+    step = await Step.of(session)
+    case, refunds = await STEPS[action][1](step, principal, case_id, body)
+    return case_out(case, refunds, shopper=principal.kind == "shopper")
+
+
+async def confirm_refund(session: AsyncSession, principal: Principal, refund_no: str, reference: str) -> dict:
+    """`do_confirm_manual` of an open manual refund, settling the case when it was the last one."""
+    from shopdesk.refunds.actions import refund_out
+    from shopdesk.refunds.models import OPEN_STATUSES
+
+    if principal.kind != "staff" or not principal.is_merchant_side:
+        raise Slow
+    step = await Step.of(session)
+    found = await step.rows(READ_REFUND, {"no": refund_no})
+    if not found:
+        raise Slow
+    refund = SimpleNamespace(**found[0])
+    if refund.merchant_id != principal.merchant_id or refund.provider != "manual" or refund.status not in OPEN_STATUSES:
+        raise Slow
+    # apply_result(…, "succeeded")
+    at = now()
+    before = refund.status
+    refund.status, refund.provider_ref, refund.last_error = "succeeded", reference, None
+    refund.next_attempt_at, refund.settled_at = None, at
+    detail = f"confirmed by {principal.name}"
+    step.writes["refund_updates"].append({"id": refund.id, "status": "succeeded", "provider_ref": reference,
+                                          "last_error": detail, "next_attempt_at": None, "settled_at": at})
+    refund.last_error = detail
+    step.audit(merchant_id=refund.merchant_id, actor_type="system", actor_id=refund.provider,
+               action="refund.succeeded", object_type="refund", object_id=refund.refund_no,
+               data={"from": before, "amount_fen": refund.amount_fen, "detail": detail})
+    # on_refunds_changed: the case completes when this was its last open refund.
+    case = await step.case(refund.case_id)
+    others = await step.rows(READ_REFUNDS, {"case_id": refund.case_id})
+    statuses = {r["refund_no"]: ("succeeded" if r["refund_no"] == refund_no else r["status"]) for r in others}
+    superseded = {r["supersedes"] for r in others if r["supersedes"]}
+    live = [s for no, s in statuses.items() if no not in superseded]
+    if case.status == "refunding" and all(s == "succeeded" for s in live):
+        step.move(case, "refunds_settled", "system", None, "退款成功")
+    elif case.status != "refunding" or any(s in ("failed", "abnormal") for s in live):
+        raise Slow
+    await step.write(case)
+    return refund_out(refund)
