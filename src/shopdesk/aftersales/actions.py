@@ -24,6 +24,7 @@ from shopdesk.aftersales.schemas import ApproveIn, CaseIn, DeductionIn, QuoteIn,
 from shopdesk.core import storage
 from shopdesk.core.audit import record
 from shopdesk.core.clock import now
+from shopdesk.core.db import lock_first
 from shopdesk.core.ids import new_id
 from shopdesk.core.errors import Forbidden, NotFound, ValidationFailed, VersionConflict
 from shopdesk.core.records import next_number
@@ -48,6 +49,7 @@ async def access_case(session: AsyncSession, principal: Principal, case_id: str,
     """Fetch a case the caller may see (optionally locked); anyone else gets 404."""
     stmt = select(AftersaleCase).where(AftersaleCase.id == case_id).options(*one_case_options())
     if lock:
+        await lock_first(session, AftersaleCase, AftersaleCase.id == case_id)
         stmt = stmt.with_for_update(of=AftersaleCase).execution_options(populate_existing=True)
     case = (await session.execute(stmt)).unique().scalar_one_or_none()
     if case is None or not can_see(principal, case):
@@ -568,7 +570,8 @@ async def on_refunds_changed(session: AsyncSession, case_id: str) -> None:
     """Move the case when its refunds settle: all succeeded → completed; failed or abnormal → exception."""
     from shopdesk.refunds.models import Refund
 
-    # Lock the case first (settlements of one case queue here), loaded whole in the same statement.
+    # Lock the case first (settlements of one case queue here), then load it whole.
+    await lock_first(session, AftersaleCase, AftersaleCase.id == case_id)
     case = (await session.execute(select(AftersaleCase).where(AftersaleCase.id == case_id)
                                   .options(*one_case_options()).with_for_update(of=AftersaleCase)
                                   .execution_options(populate_existing=True))).unique().scalar_one()

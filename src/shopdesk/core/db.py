@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, AsyncIterator
 
-from sqlalchemy import JSON, DateTime, MetaData, String, event
+from sqlalchemy import JSON, DateTime, MetaData, String, event, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -136,3 +136,15 @@ async def transaction() -> AsyncIterator[AsyncSession]:
 
 def is_postgres(session: AsyncSession) -> bool:
     return session.bind.dialect.name == "postgresql"  # type: ignore[union-attr]
+
+
+async def lock_first(session: AsyncSession, model: Any, *where: Any) -> None:
+    """Lock rows in a statement of their own, before a load that joins their children.
+
+    On PostgreSQL a locked read that had to wait for another transaction returns that transaction's
+    new version of the locked row, but the rows it joins as they were when the statement began: a
+    case's events or an order's payment totals from before the other transaction committed. A second
+    statement starts after the wait and sees everything. (SQLite serialises writers at BEGIN.)
+    """
+    if is_postgres(session):
+        await session.execute(select(model.id).where(*where).with_for_update())

@@ -9,6 +9,7 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from shopdesk.accounts.actions import store_by_code
 from shopdesk.core.audit import record
+from shopdesk.core.db import lock_first
 from shopdesk.core.errors import Conflict, NotFound, ValidationFailed
 from shopdesk.core.money import apportion
 from shopdesk.customers.actions import do_upsert_customer
@@ -41,6 +42,7 @@ async def load_order(session: AsyncSession, merchant_id: str, order_id: str, *, 
         joinedload(Order.customer, innerjoin=True), joinedload(Order.lines), joinedload(Order.payments),
         joinedload(Order.shipments))
     if lock:
+        await lock_first(session, Order, Order.id == order_id, Order.merchant_id == merchant_id)
         stmt = stmt.with_for_update(of=Order).execution_options(populate_existing=True)
     order = (await session.execute(stmt)).unique().scalar_one_or_none()
     if order is None:
