@@ -2,8 +2,10 @@
 """Count the SQL statements and the server CPU of each step of a return_refund flow, in-process.
 
 The app runs in this process behind `httpx.ASGITransport`, so the CPU time of a step is the
-server's work plus a little of httpx's. A `before_cursor_execute` listener counts statements
-per step. This is the tool for finding where a flow's time goes; `aftersales_flow.py` is the
+server's work plus a little of httpx's. A `before_cursor_execute` listener counts the statements
+sent through SQLAlchemy per step, and wrappers count those the PostgreSQL fast path sends through
+psycopg (`fast.Step.rows` and `fast.Step.write`; BEGIN and COMMIT travel with them in pipeline
+mode and are not counted). Set SHOPDESK_FAST_PATH=0 to profile the `do_*` path. This is the tool for finding where a flow's time goes; `aftersales_flow.py` is the
 one that measures throughput over real sockets.
 
     .venv/bin/python bench/flow_profile.py                 # PostgreSQL (a fresh database)
@@ -64,6 +66,20 @@ async def profile(args) -> None:
         if args.sql and current["step"] != "setup" and current.get("show"):
             shown.append(f"[{current['step']}] {' '.join(statement.split())[:160]}")
 
+    # The PostgreSQL fast path (decision 0011) sends its statements through psycopg itself.
+    from shopdesk.aftersales import fast
+
+    real_rows, real_execute = fast.Step.rows, fast.Step.write
+
+    async def rows(self, sql, params):  # noqa: ANN001
+        _count(None, None, sql, params, None, False)
+        return await real_rows(self, sql, params)
+
+    async def write(self, *cases, **kwargs):  # noqa: ANN001
+        _count(None, None, "(write_sql: one data-modifying CTE, then COMMIT)", None, None, False)
+        return await real_execute(self, *cases, **kwargs)
+
+    fast.Step.rows, fast.Step.write = rows, write
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://asgi") as client:
         AsgiConn.client = client

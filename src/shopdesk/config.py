@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # Where the sandbox payment provider listens; by default the app serves it itself.
     sandbox_psp_url: str = ""
     run_jobs_in_process: bool = True
+    # The everyday after-sales steps in fixed SQL on PostgreSQL (decision 0011); off: always the do_*.
+    fast_path: bool = True
     job_interval_s: float = 1.0
     log_level: str = "INFO"
     upload_max_bytes: int = 10 * 1024 * 1024

@@ -22,10 +22,12 @@ test_fast_path.py` runs flows both ways and compares every row they write.
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import datetime
+from contextlib import asynccontextmanager
 from functools import lru_cache
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, AsyncIterator
 from zoneinfo import ZoneInfo
 
 from psycopg.rows import dict_row
@@ -49,7 +51,9 @@ class Slow(Exception):
 
 
 def enabled(session: AsyncSession) -> bool:
-    return is_postgres(session)
+    from shopdesk.config import get_settings
+
+    return is_postgres(session) and get_settings().fast_path
 
 
 # 1. The case, locked, with everything a step reads. xmin tells whether the row we locked is the
@@ -85,12 +89,10 @@ READ_ORDER = """SELECT o.shipping_refunded_fen,
 FROM "order" o WHERE o.id = %(id)s"""
 
 # Case creation: the order locked (and the merchant's time zone, which names the day's counter), then
-# everything the quote reads, with the day's next case number taken in the same statement.
+# everything the quote reads. The case number is taken last, in the write (see `write_sql`).
 LOCK_ORDER_FOR_CASE = """SELECT o.customer_id, m.time_zone FROM "order" o JOIN merchant m ON m.id = o.merchant_id
 WHERE o.id = %(id)s AND o.merchant_id = %(merchant_id)s FOR UPDATE OF o"""
-READ_FOR_CASE = """WITH n AS (INSERT INTO counter (merchant_id, name, value) VALUES (%(merchant_id)s, %(counter)s, 1)
-  ON CONFLICT (merchant_id, name) DO UPDATE SET value = counter.value + 1 RETURNING value)
-SELECT (SELECT value FROM n) AS number, o.shipping_fee_fen, o.shipping_refunded_fen, o.discounts,
+READ_FOR_CASE = """SELECT o.shipping_fee_fen, o.shipping_refunded_fen, o.discounts,
   m.settings AS merchant_settings, cu.name AS customer_name, cu.email AS customer_email,
   (SELECT json_agg(json_build_object('id', l.id, 'line_no', l.line_no, 'sku', l.sku, 'quantity', l.quantity,
      'unit_price_fen', l.unit_price_fen, 'paid_fen', l.paid_fen, 'refunded_fen', l.refunded_fen,
@@ -125,8 +127,7 @@ _INSERTS = {"new_cases": "aftersale_case", "new_lines": "aftersale_line", "event
 _UPDATES = {"cases": ("aftersale_case", _CASE_COLUMNS),
             "refund_updates": ("refund", ("status", "provider_ref", "last_error", "next_attempt_at", "settled_at")),
             "order_lines": ("order_line", ("refunded_fen", "refunded_qty")),
-            "payments": ("payment", ("refunded_fen",)),
-            "orders": ('"order"', ("shipping_refunded_fen",))}
+            "payments": ("payment", ("refunded_fen",))}
 _WRITE_PARTS = {
     **{part: f"INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, %({part})s::jsonb)"
        for part, table in _INSERTS.items()},
@@ -137,13 +138,28 @@ _WRITE_PARTS = {
 }
 
 
+# A new case's number stands in its rows as NUMBER until the write takes the day's next value of the
+# counter and puts it in their place. The counter row is locked from then until the commit, which
+# follows in the same round trip: creations queue on it for a moment, not for a whole request.
+NUMBER = f"@@no-{secrets.token_hex(16)}@@"
+TAKE_NUMBER = """num AS (INSERT INTO counter (merchant_id, name, value) VALUES (%(merchant_id)s, %(counter)s, 1)
+  ON CONFLICT (merchant_id, name) DO UPDATE SET value = counter.value + 1
+  RETURNING CASE WHEN value < 10000 THEN lpad(value::text, 4, '0') ELSE value::text END AS no)"""
+
+
 @lru_cache(maxsize=64)
-def write_sql(parts: tuple[str, ...]) -> str:
+def write_sql(parts: tuple[str, ...], numbered: bool = False) -> str:
     """The statement that writes these parts: one data-modifying CTE each (a step has few shapes)."""
-    return "WITH " + ",\n".join(f"w_{part} AS ({_WRITE_PARTS[part]})" for part in parts) + "\nSELECT 1"
+    ctes = [f"w_{part} AS ({_WRITE_PARTS[part]})" for part in parts]
+    if not numbered:
+        return "WITH " + ",\n".join(ctes) + "\nSELECT 1"
+    ctes = [cte.replace(f"%({part})s::jsonb", f"replace(%({part})s, %(number)s, (SELECT no FROM num))::jsonb")
+            for part, cte in zip(parts, ctes)]
+    return "WITH " + ",\n".join([TAKE_NUMBER, *ctes]) + "\nSELECT no FROM num"
 
 
 _PARTS = (*_INSERTS, *_UPDATES)
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
@@ -177,6 +193,13 @@ class Step:
         await cur.execute(sql, params)
         return await cur.fetchall()
 
+    @asynccontextmanager
+    async def pipeline(self) -> AsyncIterator["Step"]:
+        """Send statements without waiting where no answer is needed: BEGIN goes with the first read,
+        and the writes with COMMIT (`write` commits), so a step costs two round trips, not four."""
+        async with self.driver.pipeline():
+            yield self
+
     async def case(self, case_id: str) -> SimpleNamespace:
         """Lock and read a case whole, as plain objects."""
         for _ in range(2):
@@ -206,8 +229,7 @@ class Step:
         row = (await self.rows(READ_ORDER, {"id": order_id}))[0]
         return SimpleNamespace(id=order_id, shipping_refunded_fen=row["shipping_refunded_fen"],
                                lines=[SimpleNamespace(**ln) for ln in row["lines"] or []],
-                               payments=[SimpleNamespace(**p) for p in row["payments"] or []],
-                               shipping_changed=False)
+                               payments=[SimpleNamespace(**p) for p in row["payments"] or []])
 
     # What `_event`, `record` and `enqueue` add to a session, as rows for `write_sql`.
     def event(self, case, actor: str, actor_id: str | None, action: str, from_status: str | None,
@@ -263,14 +285,22 @@ class Step:
         case.changed = True
         return target
 
-    async def write(self, *cases) -> None:
+    async def write(self, *cases, counter: tuple[str, str] | None = None) -> str | None:
+        """Write and commit; with counter (merchant, name), take its next value for NUMBER and return it."""
         self.writes["cases"] = [{"id": c.id, **{col: getattr(c, col) for col in _CASE_COLUMNS}}
                                 for c in cases if c.changed]
         params: dict[str, Any] = {part: _dumps(rows) for part, rows in self.writes.items() if rows}
         if self.closed:
             params["closed"] = self.closed
+        cur = self.driver.cursor()
         if params:
-            await self.rows(write_sql(tuple(params)), params)
+            sql = write_sql(tuple(params), counter is not None)
+            if counter:
+                params.update(merchant_id=counter[0], counter=counter[1], number=NUMBER)
+            await cur.execute(sql, params)
+        # Committed here, in the pipeline, before the answer is read; the session's commit finds nothing to do.
+        await self.driver.commit()
+        return (await cur.fetchone())[0] if counter else None
 
 
 def next_status(action: str, case) -> str:
@@ -351,9 +381,10 @@ def start_refunds(step: Step, case, order) -> list:
     """`actions._start_refunds` and `refunds.create_refunds`: the refund rows and the money totals."""
     from shopdesk.refunds.actions import new_refund_no
 
-    shipping = case.shipping_refund_fen if order.shipping_refunded_fen == 0 else 0
+    if case.shipping_refund_fen and order.shipping_refunded_fen == 0:
+        raise Slow  # the shipping fee goes back too (not on a return_refund today): the do_* does it
     line_gross = {ln.order_line_id: (ln.quantity, ln.refund_fen) for ln in case.lines}
-    amount = max(case.goods_refund_fen + shipping + case.postage_refund_fen
+    amount = max(case.goods_refund_fen + case.postage_refund_fen
                  - sum(d["amount_fen"] for d in case.deductions), 0)
     case.refund_fen = amount
     if amount == 0:
@@ -367,8 +398,6 @@ def start_refunds(step: Step, case, order) -> list:
                 raise Slow  # the do_* refuses it with its error
             step.writes["order_lines"].append({"id": ln.id, "refunded_fen": ln.refunded_fen,
                                                "refunded_qty": ln.refunded_qty})
-    if shipping:
-        step.writes["orders"].append({"id": order.id, "shipping_refunded_fen": order.shipping_refunded_fen + shipping})
     tenders = [TenderView(p.id, p.method, p.amount_fen, p.refunded_fen) for p in order.payments]
     if amount > sum(t.amount_fen - t.refunded_fen for t in tenders):
         raise Slow
@@ -396,6 +425,11 @@ def start_refunds(step: Step, case, order) -> list:
 
 async def create(session: AsyncSession, principal: Principal, body: CaseIn) -> dict:
     """`do_create_case` of a case that waits for review (no exchange goods, photos the caller's own)."""
+    async with (await Step.of(session)).pipeline() as step:
+        return await _create(step, principal, body)
+
+
+async def _create(step: Step, principal: Principal, body: CaseIn) -> dict:
     from collections import Counter
 
     from shopdesk.aftersales import rules
@@ -404,14 +438,12 @@ async def create(session: AsyncSession, principal: Principal, body: CaseIn) -> d
     merchant_id = principal.merchant_id
     if principal.is_platform or merchant_id is None or body.deductions or body.exchange_to:
         raise Slow
-    step = await Step.of(session)
     locked = await step.rows(LOCK_ORDER_FOR_CASE, {"id": body.order_id, "merchant_id": merchant_id})
     if not locked or (principal.kind == "shopper" and locked[0]["customer_id"] != principal.customer_id):
         raise Slow
     at = now()
     day = at.astimezone(ZoneInfo(locked[0]["time_zone"])).strftime("%Y%m%d")
-    row = (await step.rows(READ_FOR_CASE, {"id": body.order_id, "merchant_id": merchant_id, "counter": f"AS{day}",
-                                           "photos": list(body.photo_ids)}))[0]
+    row = (await step.rows(READ_FOR_CASE, {"id": body.order_id, "photos": list(body.photo_ids)}))[0]
     uploads = {u["id"]: u for u in row["uploads"]}
     for pid in body.photo_ids:  # _check_photos
         upload = uploads.get(pid)
@@ -439,7 +471,7 @@ async def create(session: AsyncSession, principal: Principal, body: CaseIn) -> d
         raise Slow
     case = SimpleNamespace(
         id=new_id(), version=1, alarm_level=0, postage_refund_fen=0, resubmit_count=0, merchant_id=merchant_id,
-        case_no=f"AS{day}-{row['number']:04d}", order_id=body.order_id, customer_id=locked[0]["customer_id"],
+        case_no=f"AS{day}-{NUMBER}", order_id=body.order_id, customer_id=locked[0]["customer_id"],
         type=body.type, reason=body.reason, responsibility=q.responsibility, status="requested",
         description=body.description, photo_ids=list(body.photo_ids), exchange_to=[],
         requested_amount_fen=body.amount_fen, goods_refund_fen=q.goods_refund_fen,
@@ -462,7 +494,7 @@ async def create(session: AsyncSession, principal: Principal, body: CaseIn) -> d
                action="aftersales.create", object_type="aftersale_case", object_id=case.id,
                data={"refund_fen": case.refund_fen, "type": case.type})
     step.writes["new_cases"].append({col: getattr(case, col) for col in _NEW_CASE_COLUMNS})
-    await step.write()
+    case.case_no = f"AS{day}-{await step.write(counter=(merchant_id, f'AS{day}'))}"
     return case_out(case, [], shopper=principal.kind == "shopper")
 
 
@@ -479,19 +511,23 @@ STEPS = {"approve": (ApproveIn, approve), "ship-return": (WaybillIn, ship_return
 
 async def case_action(session: AsyncSession, principal: Principal, case_id: str, action: str, body) -> dict:
     """Run one step of STEPS in the session's transaction and answer as the route would; Slow if it cannot."""
-    step = await Step.of(session)
-    case, refunds = await STEPS[action][1](step, principal, case_id, body)
+    async with (await Step.of(session)).pipeline() as step:
+        case, refunds = await STEPS[action][1](step, principal, case_id, body)
     return case_out(case, refunds, shopper=principal.kind == "shopper")
 
 
 async def confirm_refund(session: AsyncSession, principal: Principal, refund_no: str, reference: str) -> dict:
     """`do_confirm_manual` of an open manual refund, settling the case when it was the last one."""
+    async with (await Step.of(session)).pipeline() as step:
+        return await _confirm_refund(step, principal, refund_no, reference)
+
+
+async def _confirm_refund(step: Step, principal: Principal, refund_no: str, reference: str) -> dict:
     from shopdesk.refunds.actions import refund_out
     from shopdesk.refunds.models import OPEN_STATUSES
 
     if principal.kind != "staff" or not principal.is_merchant_side:
         raise Slow
-    step = await Step.of(session)
     found = await step.rows(READ_REFUND, {"no": refund_no})
     if not found:
         raise Slow
