@@ -51,10 +51,9 @@ async def quote(body: QuoteIn, session: DbSession, principal: CurrentPrincipal) 
 async def create_case(body: CaseIn, request: Request, session: DbSession, principal: CurrentPrincipal):
     if fast.enabled(session) and "idempotency-key" not in request.headers:
         try:
-            async with session.begin():
-                return JSONResponse(await fast.create(session, principal, body), status_code=201)
+            return JSONResponse(await fast.create(principal, body), status_code=201)
         except fast.Slow:
-            pass  # rolled back: the do_* below decides
+            pass  # nothing written: the do_* below decides
     async def make() -> dict:
         case = await actions.do_create_case(session, principal, body)
         return await full_case(session, case, principal)
@@ -110,10 +109,9 @@ async def case_action(case_id: str, action: str, request: Request, session: DbSe
     if action in fast.STEPS and fast.enabled(session):
         body = await _parse(request, fast.STEPS[action][0])
         try:
-            async with session.begin():
-                return await fast.case_action(session, principal, case_id, action, body)
+            return await fast.case_action(principal, case_id, action, body)
         except fast.Slow:
-            pass  # rolled back: the do_* below decides
+            pass  # nothing written: the do_* below decides
     async with session.begin():
         if action == "approve":
             b = await _parse(request, ApproveIn)

@@ -3,8 +3,8 @@
 The `do_*` actions are the rulebook: they know every case type, every state and every error. Through
 the ORM they cost about a millisecond of server CPU per statement, and a return flow needs 44 of
 them. Here the everyday steps of a case (approve, ship-return, receive, confirm a manual refund)
-run as the same `do_*` would run them, but with fixed SQL straight through psycopg on the session's
-connection, in its transaction:
+run as the same `do_*` would run them, but with fixed SQL straight through psycopg on a pooled
+connection, in a transaction of their own:
 
 1. lock and read the case whole in one statement (its lines, events and parcels as JSON, the
    merchant's settings, the shopper's name and email, the merchant's webhooks);
@@ -30,8 +30,10 @@ from types import SimpleNamespace
 from typing import Any, AsyncIterator
 from zoneinfo import ZoneInfo
 
+import psycopg
 from psycopg.rows import dict_row
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.util import greenlet_spawn
 
 from shopdesk.accounts.auth import Principal
 from shopdesk.aftersales import states
@@ -40,7 +42,7 @@ from shopdesk.aftersales.policy import policy_from, settings_from
 from shopdesk.aftersales.rules import TenderView, split_over_tenders
 from shopdesk.aftersales.schemas import ApproveIn, CaseIn, ReceiveIn, WaybillIn
 from shopdesk.core.clock import now
-from shopdesk.core.db import is_postgres
+from shopdesk.core.db import get_engine, is_postgres
 from shopdesk.core.errors import IllegalTransition
 from shopdesk.core.ids import new_id
 from shopdesk.notifications.actions import case_event_data, case_mail, webhook_payloads, wants
@@ -56,12 +58,17 @@ def enabled(session: AsyncSession) -> bool:
     return is_postgres(session) and get_settings().fast_path
 
 
-# 1. The case, locked, with everything a step reads. xmin tells whether the row we locked is the
-# row the statement's snapshot saw: after waiting for another transaction's lock the children
-# below would be from before its commit, so the read is repeated (now holding the lock).
-READ_CASE = """SELECT c.*, c.xmin::text AS row_xmin,
-  (SELECT v.xmin::text FROM aftersale_case v WHERE v.id = c.id) AS seen_xmin,
-  m.settings AS merchant_settings, cu.name AS customer_name, cu.email AS customer_email,
+# 1. A case with everything a step reads: its lines, events and parcels, the merchant's settings and
+# webhooks, the shopper's name and email. Locked (FOR UPDATE OF the given tables), the statement also
+# tells whether the row it locked is the row its snapshot saw: after waiting for another
+# transaction's lock, the children would be from before that commit, so the read is repeated (now
+# holding the lock). Unlocked, `row_xmin` guards the write instead (`write_sql(guarded=True)`).
+@lru_cache(maxsize=8)
+def read_case_sql(lock: str = "", by_refund: bool = False) -> str:
+    return ("SELECT c.*, c.xmin::text AS row_xmin, "
+            + ("(SELECT v.xmin::text FROM aftersale_case v WHERE v.id = c.id) AS seen_xmin, " if lock else "")
+            + ("to_jsonb(r) AS refund, " if by_refund else "")
+            + """m.settings AS merchant_settings, cu.name AS customer_name, cu.email AS customer_email,
   (SELECT coalesce(json_agg(json_build_object('id', l.id, 'order_line_id', l.order_line_id,
      'quantity', l.quantity, 'refund_fen', l.refund_fen, 'is_open', l.is_open) ORDER BY l.position), '[]')
    FROM aftersale_line l WHERE l.case_id = c.id) AS lines,
@@ -74,10 +81,13 @@ READ_CASE = """SELECT c.*, c.xmin::text AS row_xmin,
    FROM case_shipment s WHERE s.case_id = c.id) AS shipments,
   (SELECT coalesce(json_agg(json_build_object('id', w.id, 'url', w.url, 'events', w.events)), '[]')
    FROM webhook w WHERE w.merchant_id = c.merchant_id) AS webhooks
-FROM aftersale_case c JOIN merchant m ON m.id = c.merchant_id JOIN customer cu ON cu.id = c.customer_id
-WHERE c.id = %(id)s FOR UPDATE OF c"""
+FROM """ + ("refund r JOIN aftersale_case c ON c.id = r.case_id" if by_refund else "aftersale_case c")
+            + (' JOIN "order" o ON o.id = c.order_id' if "o" in lock.split(", ") else "")
+            + """ JOIN merchant m ON m.id = c.merchant_id JOIN customer cu ON cu.id = c.customer_id
+WHERE """ + ("r.refund_no = %(key)s" if by_refund else "c.id = %(key)s")
+            + (f" FOR UPDATE OF {lock}" if lock else ""))
 
-LOCK_ORDER = 'SELECT 1 FROM "order" WHERE id = %(id)s FOR UPDATE'
+
 # Read after the lock, in a statement of its own, so it sees every change committed before it.
 READ_ORDER = """SELECT o.shipping_refunded_fen,
   (SELECT json_agg(json_build_object('id', l.id, 'quantity', l.quantity, 'paid_fen', l.paid_fen,
@@ -112,7 +122,6 @@ READ_FOR_CASE = """SELECT o.shipping_fee_fen, o.shipping_refunded_fen, o.discoun
 FROM "order" o JOIN merchant m ON m.id = o.merchant_id JOIN customer cu ON cu.id = o.customer_id
 WHERE o.id = %(id)s"""
 
-READ_REFUND = "SELECT * FROM refund WHERE refund_no = %(no)s FOR UPDATE"
 READ_REFUNDS = "SELECT refund_no, status, supersedes FROM refund WHERE case_id = %(case_id)s"
 
 # 3. Every write of a step in one statement. Each part reads a JSON array (empty when the step has
@@ -148,14 +157,27 @@ TAKE_NUMBER = """num AS (INSERT INTO counter (merchant_id, name, value) VALUES (
 
 
 @lru_cache(maxsize=64)
-def write_sql(parts: tuple[str, ...], numbered: bool = False) -> str:
-    """The statement that writes these parts: one data-modifying CTE each (a step has few shapes)."""
-    ctes = [f"w_{part} AS ({_WRITE_PARTS[part]})" for part in parts]
-    if not numbered:
-        return "WITH " + ",\n".join(ctes) + "\nSELECT 1"
-    ctes = [cte.replace(f"%({part})s::jsonb", f"replace(%({part})s, %(number)s, (SELECT no FROM num))::jsonb")
-            for part, cte in zip(parts, ctes)]
-    return "WITH " + ",\n".join([TAKE_NUMBER, *ctes]) + "\nSELECT no FROM num"
+def write_sql(parts: tuple[str, ...], numbered: bool = False, guarded: bool = False) -> str:
+    """The statement that writes these parts: one data-modifying CTE each (a step has few shapes).
+
+    numbered: take the case number first (NUMBER). guarded: the case is written only if its row is
+    still the one read (`xmin`), and every other part only if the case was: all or nothing in one
+    statement, with no lock held between the read and the write.
+    """
+    if guarded:  # the case first: the other parts look at it
+        parts = ("cases", *(p for p in parts if p != "cases"))
+    ctes = {part: _WRITE_PARTS[part] for part in parts}
+    if guarded:
+        ctes["cases"] += " AND t.xmin::text = %(xmin)s RETURNING t.id"
+        for part in parts:
+            if part != "cases":
+                ctes[part] += (" AND" if " WHERE " in ctes[part] else " WHERE") + " EXISTS (SELECT FROM w_cases)"
+    if numbered:
+        ctes = {part: cte.replace(f"%({part})s::jsonb", f"replace(%({part})s, %(number)s, (SELECT no FROM num))::jsonb")
+                for part, cte in ctes.items()}
+    body = ",\n".join([TAKE_NUMBER] * numbered + [f"w_{part} AS ({cte})" for part, cte in ctes.items()])
+    tail = "SELECT no FROM num" if numbered else "SELECT count(*) FROM w_cases" if guarded else "SELECT 1"
+    return f"WITH {body}\n{tail}"
 
 
 _PARTS = (*_INSERTS, *_UPDATES)
@@ -184,30 +206,45 @@ class Step:
         self.closed: list[str] = []
 
     @classmethod
-    async def of(cls, session: AsyncSession) -> "Step":
-        raw = await (await session.connection()).get_raw_connection()
-        return cls(raw.driver_connection)
+    @asynccontextmanager
+    async def begin(cls, guarded: bool = False) -> AsyncIterator["Step"]:
+        """A pooled connection and one transaction on it, committed by `write`, rolled back on any exception.
+
+        guarded: no transaction, each statement on its own (autocommit): an unlocked read, then a write
+        that checks nothing changed since (`write(guard=…)`). Two statements instead of four.
+
+        The connection comes straight from the engine's pool, without a session: the step needs none of
+        its bookkeeping. (psycopg's pipeline mode would save two round trips a step, but costs the server
+        about 100 µs more CPU per transaction, and the server's CPU is what limits throughput.)
+        """
+        fairy = await get_engine().raw_connection()
+        driver = fairy.driver_connection
+        try:
+            if guarded:
+                await driver.set_autocommit(True)
+            yield cls(driver)
+        except BaseException:
+            await driver.rollback()
+            raise
+        finally:
+            if guarded:
+                await driver.set_autocommit(False)
+            await greenlet_spawn(fairy.close)
 
     async def rows(self, sql: str, params: dict) -> list[dict]:
         cur = self.driver.cursor(row_factory=dict_row)
         await cur.execute(sql, params)
         return await cur.fetchall()
 
-    @asynccontextmanager
-    async def pipeline(self) -> AsyncIterator["Step"]:
-        """Send statements without waiting where no answer is needed: BEGIN goes with the first read,
-        and the writes with COMMIT (`write` commits), so a step costs two round trips, not four."""
-        async with self.driver.pipeline():
-            yield self
-
-    async def case(self, case_id: str) -> SimpleNamespace:
-        """Lock and read a case whole, as plain objects."""
+    async def case(self, key: str, lock: str = "c", by_refund: bool = False) -> SimpleNamespace:
+        """Read a case whole, as plain objects: locked (`lock`: the tables locked, in that order) or not."""
+        sql = read_case_sql(lock, by_refund)
         for _ in range(2):
-            found = await self.rows(READ_CASE, {"id": case_id})
+            found = await self.rows(sql, {"key": key})
             if not found:
                 raise Slow
             row = found[0]
-            if row["row_xmin"] == row["seen_xmin"]:
+            if not lock or row["row_xmin"] == row["seen_xmin"]:
                 break
         else:
             raise Slow  # changed again under us (cannot happen while we hold the lock)
@@ -225,7 +262,7 @@ class Step:
         return case
 
     async def order(self, order_id: str) -> SimpleNamespace:
-        await self.rows(LOCK_ORDER, {"id": order_id})
+        """An order's money, read after it was locked (with its case, `lock="c, o"`), so it is current."""
         row = (await self.rows(READ_ORDER, {"id": order_id}))[0]
         return SimpleNamespace(id=order_id, shipping_refunded_fen=row["shipping_refunded_fen"],
                                lines=[SimpleNamespace(**ln) for ln in row["lines"] or []],
@@ -285,22 +322,36 @@ class Step:
         case.changed = True
         return target
 
-    async def write(self, *cases, counter: tuple[str, str] | None = None) -> str | None:
-        """Write and commit; with counter (merchant, name), take its next value for NUMBER and return it."""
+    async def write(self, *cases, counter: tuple[str, str] | None = None, guard: str | None = None) -> str | None:
+        """Write and commit. counter (merchant, name): take its next value for NUMBER and return it.
+        guard: the case row's xmin as read; if the row has changed since, nothing is written (Slow)."""
         self.writes["cases"] = [{"id": c.id, **{col: getattr(c, col) for col in _CASE_COLUMNS}}
                                 for c in cases if c.changed]
         params: dict[str, Any] = {part: _dumps(rows) for part, rows in self.writes.items() if rows}
         if self.closed:
             params["closed"] = self.closed
         cur = self.driver.cursor()
-        if params:
-            sql = write_sql(tuple(params), counter is not None)
-            if counter:
-                params.update(merchant_id=counter[0], counter=counter[1], number=NUMBER)
+        if guard is not None:
+            try:
+                await cur.execute(write_sql(tuple(params), guarded=True), {**params, "xmin": guard})
+            except psycopg.IntegrityError:
+                raise Slow from None  # e.g. an event added meanwhile without changing the case row
+            if (await cur.fetchone())[0] != 1:
+                raise Slow  # changed since it was read: the do_* takes it from here
+            return None
+        if counter is None:
+            if params:
+                await cur.execute(write_sql(tuple(params)), params)
+            await self.driver.commit()
+            return None
+        # The counter row stays locked until the commit: send the commit with the write, and read the
+        # number after (pipeline mode), so the lock never waits for this process's event loop.
+        sql = write_sql(tuple(params), numbered=True)
+        params.update(merchant_id=counter[0], counter=counter[1], number=NUMBER)
+        async with self.driver.pipeline():
             await cur.execute(sql, params)
-        # Committed here, in the pipeline, before the answer is read; the session's commit finds nothing to do.
-        await self.driver.commit()
-        return (await cur.fetchone())[0] if counter else None
+            await self.driver.commit()
+            return (await cur.fetchone())[0]
 
 
 def next_status(action: str, case) -> str:
@@ -324,7 +375,7 @@ def _buyer(principal: Principal, case) -> None:
 # 2. The steps. Each mirrors its do_* for the cases it takes, and raises Slow for the rest.
 async def approve(step: Step, principal: Principal, case_id: str, body: ApproveIn):
     """`do_approve` of a case that goes to awaiting_return, with no deductions."""
-    case = await step.case(case_id)
+    case = await step.case(case_id, lock="")
     _staff_side(principal, case)
     if body.deductions or (body.expected_version is not None and body.expected_version != case.version):
         raise Slow
@@ -338,13 +389,13 @@ async def approve(step: Step, principal: Principal, case_id: str, body: ApproveI
         raise Slow
     case.approved_at = now()
     step.move(case, "approve", principal.actor, principal.actor_id, body.note)
-    await step.write(case)
+    await step.write(case, guard=case.row_xmin)
     return case, []
 
 
 async def ship_return(step: Step, principal: Principal, case_id: str, body: WaybillIn):
     """`do_ship_return` without return postage (the buyer's own cost)."""
-    case = await step.case(case_id)
+    case = await step.case(case_id, lock="")
     _buyer(principal, case)
     if body.postage_fen:
         raise Slow
@@ -357,13 +408,13 @@ async def ship_return(step: Step, principal: Principal, case_id: str, body: Wayb
                                           shipped_at=at, signed_at=None))
     step.move(case, "ship_return", "buyer", principal.customer_id, f"{body.carrier} {body.tracking_no}",
               data={"carrier": body.carrier, "tracking_no": body.tracking_no})
-    await step.write(case)
+    await step.write(case, guard=case.row_xmin)
     return case, []
 
 
 async def receive(step: Step, principal: Principal, case_id: str, body: ReceiveIn):
     """`do_receive` of a return_refund whose goods passed inspection: the refunds are created."""
-    case = await step.case(case_id)
+    case = await step.case(case_id, lock="c, o")
     _staff_side(principal, case)
     if body.outcome != "ok" or case.type != "return_refund" or (
             body.expected_version is not None and body.expected_version != case.version):
@@ -423,9 +474,9 @@ def start_refunds(step: Step, case, order) -> list:
     return created
 
 
-async def create(session: AsyncSession, principal: Principal, body: CaseIn) -> dict:
+async def create(principal: Principal, body: CaseIn) -> dict:
     """`do_create_case` of a case that waits for review (no exchange goods, photos the caller's own)."""
-    async with (await Step.of(session)).pipeline() as step:
+    async with Step.begin() as step:
         return await _create(step, principal, body)
 
 
@@ -506,19 +557,23 @@ _NEW_CASE_COLUMNS = ("id", "merchant_id", "case_no", "order_id", "customer_id", 
                      "received_at", "closed_at")
 
 
-STEPS = {"approve": (ApproveIn, approve), "ship-return": (WaybillIn, ship_return), "receive": (ReceiveIn, receive)}
+# action → (body schema, step, whether it writes guarded rather than under a lock). Approval and the
+# waybill change the case row alone; receipt moves money on the order's rows, so it locks.
+STEPS = {"approve": (ApproveIn, approve, True), "ship-return": (WaybillIn, ship_return, True),
+         "receive": (ReceiveIn, receive, False)}
 
 
-async def case_action(session: AsyncSession, principal: Principal, case_id: str, action: str, body) -> dict:
-    """Run one step of STEPS in the session's transaction and answer as the route would; Slow if it cannot."""
-    async with (await Step.of(session)).pipeline() as step:
-        case, refunds = await STEPS[action][1](step, principal, case_id, body)
+async def case_action(principal: Principal, case_id: str, action: str, body) -> dict:
+    """Run one step of STEPS and answer as the route would; Slow if it cannot."""
+    _, run, guarded = STEPS[action]
+    async with Step.begin(guarded) as step:
+        case, refunds = await run(step, principal, case_id, body)
     return case_out(case, refunds, shopper=principal.kind == "shopper")
 
 
-async def confirm_refund(session: AsyncSession, principal: Principal, refund_no: str, reference: str) -> dict:
+async def confirm_refund(principal: Principal, refund_no: str, reference: str) -> dict:
     """`do_confirm_manual` of an open manual refund, settling the case when it was the last one."""
-    async with (await Step.of(session)).pipeline() as step:
+    async with Step.begin() as step:
         return await _confirm_refund(step, principal, refund_no, reference)
 
 
@@ -528,10 +583,10 @@ async def _confirm_refund(step: Step, principal: Principal, refund_no: str, refe
 
     if principal.kind != "staff" or not principal.is_merchant_side:
         raise Slow
-    found = await step.rows(READ_REFUND, {"no": refund_no})
-    if not found:
-        raise Slow
-    refund = SimpleNamespace(**found[0])
+    # The refund, then its case, locked in that order (as apply_result and on_refunds_changed do).
+    case = await step.case(refund_no, lock="r, c", by_refund=True)
+    refund = SimpleNamespace(**case.refund)
+    refund.created_at = _at(refund.created_at)
     if refund.merchant_id != principal.merchant_id or refund.provider != "manual" or refund.status not in OPEN_STATUSES:
         raise Slow
     # apply_result(…, "succeeded")
@@ -546,8 +601,7 @@ async def _confirm_refund(step: Step, principal: Principal, refund_no: str, refe
     step.audit(merchant_id=refund.merchant_id, actor_type="system", actor_id=refund.provider,
                action="refund.succeeded", object_type="refund", object_id=refund.refund_no,
                data={"from": before, "amount_fen": refund.amount_fen, "detail": detail})
-    # on_refunds_changed: the case completes when this was its last open refund.
-    case = await step.case(refund.case_id)
+    # on_refunds_changed: the case completes when this was its last open refund (read after the locks).
     others = await step.rows(READ_REFUNDS, {"case_id": refund.case_id})
     statuses = {r["refund_no"]: ("succeeded" if r["refund_no"] == refund_no else r["status"]) for r in others}
     superseded = {r["supersedes"] for r in others if r["supersedes"]}

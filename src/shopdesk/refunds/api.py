@@ -43,10 +43,9 @@ async def get_refund(refund_no: str, session: DbSession, principal: CurrentPrinc
 async def confirm(refund_no: str, body: ConfirmIn, session: DbSession, principal: CurrentPrincipal) -> dict:
     if fast.enabled(session):
         try:
-            async with session.begin():
-                return await fast.confirm_refund(session, principal, refund_no, body.reference)
+            return await fast.confirm_refund(principal, refund_no, body.reference)
         except fast.Slow:
-            pass  # rolled back: the do_* below decides
+            pass  # nothing written: the do_* below decides
     async with session.begin():
         refund = await do_confirm_manual(session, principal, refund_no, body.reference)
         return refund_out(refund)

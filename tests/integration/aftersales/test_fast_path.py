@@ -73,7 +73,7 @@ class FastCalls:
 
     def _wrap(self, name, real):
         async def wrapper(*args, **kwargs):
-            step = {"create": "create", "confirm_refund": "confirm"}.get(name) or args[3]  # case_action's action
+            step = {"create": "create", "confirm_refund": "confirm"}.get(name) or args[2]  # case_action's action
             try:
                 result = await real(*args, **kwargs)
             except fast.Slow:
