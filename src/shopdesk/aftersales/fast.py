@@ -2,20 +2,23 @@
 
 The `do_*` actions are the rulebook: they know every case type, every state and every error. Through
 the ORM they cost about a millisecond of server CPU per statement, and a return flow needs 44 of
-them. Here the everyday steps of a case (approve, ship-return, receive, confirm a manual refund)
-run as the same `do_*` would run them, but with fixed SQL straight through psycopg on a pooled
-connection, in a transaction of their own:
+them. Here the everyday steps (create, approve, ship-return, receive, confirm a manual refund) run as
+the same `do_*` would run them, but in fixed SQL straight through psycopg on a pooled connection:
 
-1. lock and read the case whole in one statement (its lines, events and parcels as JSON, the
-   merchant's settings, the shopper's name and email, the merchant's webhooks);
+1. read the case (or, to create one, the order) whole in one statement: lines, events and parcels as
+   JSON, the merchant's settings, the shopper's name and email, the merchant's webhooks;
 2. decide in Python with the same pure rules (`states`, `rules`, the deadline table, the mail and
    webhook builders) on plain objects;
 3. write everything in one statement: the case, its event, audit rows, outbox rows, parcels, refunds
    and the order's money, as one data-modifying CTE fed with JSON arrays (`write_sql`).
 
+Create, approve and ship-return read without a lock and write in autocommit, guarded: nothing is
+written unless the row read is unchanged (`xmin`). Receive and confirm move money over several rows,
+so they lock as the `do_*` do and commit.
+
 Anything out of the ordinary (another case type, deductions, a platform operator, a case the caller
-may not see, a step the state does not allow) raises `Slow` before anything is written; the caller
-rolls back and runs the `do_*`, which gives the answer or the error. So this module only ever does
+may not see, a step the state does not allow, a guard that failed) raises `Slow` with nothing written,
+and the route runs the `do_*`, which gives the answer or the error. So this module only ever does
 what the `do_*` would have done, for the common case, faster. `tests/integration/aftersales/
 test_fast_path.py` runs flows both ways and compares every row they write.
 """
@@ -98,12 +101,10 @@ READ_ORDER = """SELECT o.shipping_refunded_fen,
    FROM payment p WHERE p.order_id = o.id) AS payments
 FROM "order" o WHERE o.id = %(id)s"""
 
-# Case creation: the order locked (and the merchant's time zone, which names the day's counter), then
-# everything the quote reads. The case number is taken last, in the write (see `write_sql`).
-LOCK_ORDER_FOR_CASE = """SELECT o.customer_id, m.time_zone FROM "order" o JOIN merchant m ON m.id = o.merchant_id
-WHERE o.id = %(id)s AND o.merchant_id = %(merchant_id)s FOR UPDATE OF o"""
-READ_FOR_CASE = """SELECT o.shipping_fee_fen, o.shipping_refunded_fen, o.discounts,
-  m.settings AS merchant_settings, cu.name AS customer_name, cu.email AS customer_email,
+# Case creation: everything the quote reads, in one unlocked read. The write takes the case number
+# and checks, under a share lock, that the order row is still the one read (`write_sql(guard="order")`).
+READ_FOR_CASE = """SELECT o.customer_id, o.xmin::text AS order_xmin, o.shipping_fee_fen, o.shipping_refunded_fen,
+  o.discounts, m.time_zone, m.settings AS merchant_settings, cu.name AS customer_name, cu.email AS customer_email,
   (SELECT json_agg(json_build_object('id', l.id, 'line_no', l.line_no, 'sku', l.sku, 'quantity', l.quantity,
      'unit_price_fen', l.unit_price_fen, 'paid_fen', l.paid_fen, 'refunded_fen', l.refunded_fen,
      'refunded_qty', l.refunded_qty, 'is_gift', l.is_gift, 'declared_value_fen', l.declared_value_fen,
@@ -120,7 +121,7 @@ READ_FOR_CASE = """SELECT o.shipping_fee_fen, o.shipping_refunded_fen, o.discoun
   (SELECT coalesce(json_agg(json_build_object('id', w.id, 'url', w.url, 'events', w.events)), '[]')
    FROM webhook w WHERE w.merchant_id = o.merchant_id) AS webhooks
 FROM "order" o JOIN merchant m ON m.id = o.merchant_id JOIN customer cu ON cu.id = o.customer_id
-WHERE o.id = %(id)s"""
+WHERE o.id = %(id)s AND o.merchant_id = %(merchant_id)s"""
 
 READ_REFUNDS = "SELECT refund_no, status, supersedes FROM refund WHERE case_id = %(case_id)s"
 
@@ -140,8 +141,11 @@ _UPDATES = {"cases": ("aftersale_case", _CASE_COLUMNS),
 _WRITE_PARTS = {
     **{part: f"INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, %({part})s::jsonb)"
        for part, table in _INSERTS.items()},
+    # The ids again as an array: matched only against the JSON rows, the planner (which guesses 100 of
+    # them) scans the whole table; `= ANY(ids)` makes it look the rows up by primary key.
     **{part: f"UPDATE {table} AS t SET " + ", ".join(f"{col} = x.{col}" for col in cols)
-       + f" FROM jsonb_populate_recordset(NULL::{table}, %({part})s::jsonb) AS x WHERE t.id = x.id"
+       + f" FROM jsonb_populate_recordset(NULL::{table}, %({part})s::jsonb) AS x"
+       + f" WHERE t.id = ANY(%({part}_ids)s::varchar[]) AND t.id = x.id"
        for part, (table, cols) in _UPDATES.items()},
     "closed": "UPDATE aftersale_line SET is_open = false WHERE case_id = ANY(%(closed)s::varchar[]) AND is_open",
 }
@@ -157,27 +161,36 @@ TAKE_NUMBER = """num AS (INSERT INTO counter (merchant_id, name, value) VALUES (
 
 
 @lru_cache(maxsize=64)
-def write_sql(parts: tuple[str, ...], numbered: bool = False, guarded: bool = False) -> str:
+def write_sql(parts: tuple[str, ...], numbered: bool = False, guard: str | None = None) -> str:
     """The statement that writes these parts: one data-modifying CTE each (a step has few shapes).
 
-    numbered: take the case number first (NUMBER). guarded: the case is written only if its row is
-    still the one read (`xmin`), and every other part only if the case was: all or nothing in one
-    statement, with no lock held between the read and the write.
+    numbered: take the case number (NUMBER) too. guard: write only if a row is still the one read
+    (`xmin`), all or nothing in one statement with no lock held between the read and the write:
+    "case" updates the case only if so, and the other parts only if it did; "order" takes a share
+    lock on the order row if it is unchanged (so an edit of the order waits for this), and writes
+    only if it got it.
     """
-    if guarded:  # the case first: the other parts look at it
-        parts = ("cases", *(p for p in parts if p != "cases"))
     ctes = {part: _WRITE_PARTS[part] for part in parts}
-    if guarded:
-        ctes["cases"] += " AND t.xmin::text = %(xmin)s RETURNING t.id"
-        for part in parts:
-            if part != "cases":
-                ctes[part] += (" AND" if " WHERE " in ctes[part] else " WHERE") + " EXISTS (SELECT FROM w_cases)"
+    if guard == "case":
+        ctes = {"cases": ctes.pop("cases") + " AND t.xmin::text = %(xmin)s RETURNING t.id", **ctes}
+        gate = "w_cases"
+    elif guard == "order":
+        ctes = {"guard": 'SELECT FROM "order" WHERE id = %(guard_id)s AND xmin::text = %(xmin)s FOR SHARE', **ctes}
+        gate = "w_guard"
+    for part, cte in ctes.items():
+        if guard and f"w_{part}" != gate:
+            ctes[part] = cte + (" AND" if " WHERE " in cte else " WHERE") + f" EXISTS (SELECT FROM {gate})"
     if numbered:
         ctes = {part: cte.replace(f"%({part})s::jsonb", f"replace(%({part})s, %(number)s, (SELECT no FROM num))::jsonb")
                 for part, cte in ctes.items()}
-    body = ",\n".join([TAKE_NUMBER] * numbered + [f"w_{part} AS ({cte})" for part, cte in ctes.items()])
-    tail = "SELECT no FROM num" if numbered else "SELECT count(*) FROM w_cases" if guarded else "SELECT 1"
-    return f"WITH {body}\n{tail}"
+    body = [f"w_{part} AS ({cte})" for part, cte in ctes.items()]
+    if numbered:
+        take = TAKE_NUMBER.replace("VALUES (%(merchant_id)s, %(counter)s, 1)",
+                                   "SELECT %(merchant_id)s, %(counter)s, 1" + (f" WHERE EXISTS (SELECT FROM {gate})"
+                                                                                if guard else ""))
+        body.insert(1 if guard == "order" else 0, take)
+    tail = "SELECT no FROM num" if numbered else f"SELECT count(*) FROM {gate}" if guard else "SELECT 1"
+    return "WITH " + ",\n".join(body) + "\n" + tail
 
 
 _PARTS = (*_INSERTS, *_UPDATES)
@@ -204,6 +217,7 @@ class Step:
         self.driver = driver
         self.writes: dict[str, list] = {part: [] for part in _PARTS}
         self.closed: list[str] = []
+        self.order_id: str | None = None  # the order a guarded creation writes under
 
     @classmethod
     @asynccontextmanager
@@ -323,35 +337,38 @@ class Step:
         return target
 
     async def write(self, *cases, counter: tuple[str, str] | None = None, guard: str | None = None) -> str | None:
-        """Write and commit. counter (merchant, name): take its next value for NUMBER and return it.
-        guard: the case row's xmin as read; if the row has changed since, nothing is written (Slow)."""
+        """Write, and commit unless the step runs guarded (each statement its own transaction).
+
+        counter (merchant, name): take its next value for NUMBER and return it. guard: the xmin read of
+        the row that must not have changed (the order's when there is a counter, else the case's); if it
+        has, nothing is written and the step is Slow.
+        """
         self.writes["cases"] = [{"id": c.id, **{col: getattr(c, col) for col in _CASE_COLUMNS}}
                                 for c in cases if c.changed]
         params: dict[str, Any] = {part: _dumps(rows) for part, rows in self.writes.items() if rows}
         if self.closed:
             params["closed"] = self.closed
+        parts = tuple(params)
+        params.update({f"{part}_ids": [row["id"] for row in self.writes[part]] for part in parts if part in _UPDATES})
         cur = self.driver.cursor()
-        if guard is not None:
-            try:
-                await cur.execute(write_sql(tuple(params), guarded=True), {**params, "xmin": guard})
-            except psycopg.IntegrityError:
-                raise Slow from None  # e.g. an event added meanwhile without changing the case row
-            if (await cur.fetchone())[0] != 1:
-                raise Slow  # changed since it was read: the do_* takes it from here
-            return None
-        if counter is None:
+        if guard is None:
             if params:
-                await cur.execute(write_sql(tuple(params)), params)
+                await cur.execute(write_sql(parts), params)
             await self.driver.commit()
             return None
-        # The counter row stays locked until the commit: send the commit with the write, and read the
-        # number after (pipeline mode), so the lock never waits for this process's event loop.
-        sql = write_sql(tuple(params), numbered=True)
-        params.update(merchant_id=counter[0], counter=counter[1], number=NUMBER)
-        async with self.driver.pipeline():
+        kind = "order" if counter else "case"
+        sql = write_sql(parts, numbered=counter is not None, guard=kind)
+        params["xmin"] = guard
+        if counter:
+            params.update(guard_id=self.order_id, merchant_id=counter[0], counter=counter[1], number=NUMBER)
+        try:
             await cur.execute(sql, params)
-            await self.driver.commit()
-            return (await cur.fetchone())[0]
+        except psycopg.IntegrityError:
+            raise Slow from None  # e.g. a line opened by another case meanwhile: the do_* says so
+        answer = await cur.fetchone()
+        if not answer or not answer[0]:
+            raise Slow  # changed since it was read: the do_* takes it from here
+        return answer[0] if counter else None
 
 
 def next_status(action: str, case) -> str:
@@ -476,7 +493,7 @@ def start_refunds(step: Step, case, order) -> list:
 
 async def create(principal: Principal, body: CaseIn) -> dict:
     """`do_create_case` of a case that waits for review (no exchange goods, photos the caller's own)."""
-    async with Step.begin() as step:
+    async with Step.begin(guarded=True) as step:
         return await _create(step, principal, body)
 
 
@@ -489,12 +506,14 @@ async def _create(step: Step, principal: Principal, body: CaseIn) -> dict:
     merchant_id = principal.merchant_id
     if principal.is_platform or merchant_id is None or body.deductions or body.exchange_to:
         raise Slow
-    locked = await step.rows(LOCK_ORDER_FOR_CASE, {"id": body.order_id, "merchant_id": merchant_id})
-    if not locked or (principal.kind == "shopper" and locked[0]["customer_id"] != principal.customer_id):
+    found = await step.rows(READ_FOR_CASE, {"id": body.order_id, "merchant_id": merchant_id,
+                                            "photos": list(body.photo_ids)})
+    if not found or (principal.kind == "shopper" and found[0]["customer_id"] != principal.customer_id):
         raise Slow
+    row = found[0]
+    step.order_id = body.order_id
     at = now()
-    day = at.astimezone(ZoneInfo(locked[0]["time_zone"])).strftime("%Y%m%d")
-    row = (await step.rows(READ_FOR_CASE, {"id": body.order_id, "photos": list(body.photo_ids)}))[0]
+    day = at.astimezone(ZoneInfo(row["time_zone"])).strftime("%Y%m%d")
     uploads = {u["id"]: u for u in row["uploads"]}
     for pid in body.photo_ids:  # _check_photos
         upload = uploads.get(pid)
@@ -517,12 +536,12 @@ async def _create(step: Step, principal: Principal, body: CaseIn) -> dict:
     req = rules.QuoteRequest(type=body.type, reason=body.reason, lines=[(ln.order_line_id, ln.quantity)
                                                                         for ln in body.lines],
                              amount_fen=body.amount_fen, photo_count=len(body.photo_ids))
-    q = rules.quote(view, req, at, policy_from(settings, locked[0]["time_zone"]))
+    q = rules.quote(view, req, at, policy_from(settings, row["time_zone"]))
     if not q.eligible or q.auto_approve:
         raise Slow
     case = SimpleNamespace(
         id=new_id(), version=1, alarm_level=0, postage_refund_fen=0, resubmit_count=0, merchant_id=merchant_id,
-        case_no=f"AS{day}-{NUMBER}", order_id=body.order_id, customer_id=locked[0]["customer_id"],
+        case_no=f"AS{day}-{NUMBER}", order_id=body.order_id, customer_id=row["customer_id"],
         type=body.type, reason=body.reason, responsibility=q.responsibility, status="requested",
         description=body.description, photo_ids=list(body.photo_ids), exchange_to=[],
         requested_amount_fen=body.amount_fen, goods_refund_fen=q.goods_refund_fen,
@@ -545,7 +564,7 @@ async def _create(step: Step, principal: Principal, body: CaseIn) -> dict:
                action="aftersales.create", object_type="aftersale_case", object_id=case.id,
                data={"refund_fen": case.refund_fen, "type": case.type})
     step.writes["new_cases"].append({col: getattr(case, col) for col in _NEW_CASE_COLUMNS})
-    case.case_no = f"AS{day}-{await step.write(counter=(merchant_id, f'AS{day}'))}"
+    case.case_no = f"AS{day}-{await step.write(counter=(merchant_id, f'AS{day}'), guard=row['order_xmin'])}"
     return case_out(case, [], shopper=principal.kind == "shopper")
 
 

@@ -575,3 +575,32 @@ async def test_simultaneous_receipts_on_one_order_keep_the_refund_totals(shop, m
     assert sorted({(ln.sku, ln.refunded_fen, ln.refunded_qty) for ln in order_lines}) == [("A", 17600, 2),
                                                                                          ("B", 4400, 1)]
     assert sum(p.refunded_fen for p in payments) == rounds * (17600 + 4400)
+
+
+@needs_postgres
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("guard", [None, "case", "order"])
+async def test_every_statement_finds_its_rows_by_index(guard):
+    # Given every shape of write and read the fast path sends, as generic plans (what a prepared
+    # statement runs), with sequential scans made as dear as the planner allows
+    statements = [fast.write_sql(tuple(fast._WRITE_PARTS), numbered=guard == "order", guard=guard)]
+    if guard is None:
+        statements += [fast.read_case_sql(""), fast.read_case_sql("c, o"), fast.read_case_sql("r, c", by_refund=True),
+                       fast.READ_ORDER, fast.READ_FOR_CASE, fast.READ_REFUNDS]
+    async with transaction() as session:
+        raw = (await (await session.connection()).get_raw_connection()).driver_connection
+        cur = raw.cursor()
+        await cur.execute("SET LOCAL enable_seqscan = off")
+        await cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        for n, sql in enumerate(statements):
+            names = sorted(set(re.findall(r"%\((\w+)\)s", sql)))
+            for i, name in enumerate(names):
+                sql = sql.replace(f"%({name})s", f"${i + 1}")
+            await cur.execute(f"PREPARE fast_{n} AS {sql}")
+            # When it is planned
+            await cur.execute(f"EXPLAIN EXECUTE fast_{n}({', '.join(['NULL'] * len(names))})")
+            plan = "\n".join(line for (line,) in await cur.fetchall())
+            await cur.execute(f"DEALLOCATE fast_{n}")
+            # Then no table is read whole: a seq scan left in the plan means no index could serve it
+            assert "Seq Scan" not in plan, plan
+        await session.rollback()
