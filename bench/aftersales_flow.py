@@ -547,8 +547,8 @@ class ServerUnderTest:
         with psycopg.connect(pg_admin_url(self.pg_url), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_db}"')
             conn.execute(f'CREATE DATABASE "{self.pg_db}"')
-        base = self.pg_url.rsplit("/", 1)[0]
-        return f"{base}/{self.pg_db}"
+        path, _, query = self.pg_url.partition("?")  # keep e.g. ?host=/var/run/postgresql (a Unix socket)
+        return f"{path.rsplit('/', 1)[0]}/{self.pg_db}" + (f"?{query}" if query else "")
 
     def start(self) -> dict:
         env = dict(os.environ)
