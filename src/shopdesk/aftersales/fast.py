@@ -12,14 +12,14 @@ the same `do_*` would run them, but in fixed SQL straight through psycopg on a p
 3. write everything in one statement: the case, its event, audit rows, outbox rows, parcels, refunds
    and the order's money, as one data-modifying CTE fed with JSON arrays (`write_sql`).
 
-Create, approve and ship-return read without a lock and write in autocommit, guarded: nothing is
-written unless the row read is unchanged (`xmin`). Receive and confirm move money over several rows,
-so they lock as the `do_*` do and commit.
+Each step is two statements in autocommit, with no lock held in between: the read, and a write that
+first locks the rows the step read (in the order the `do_*` lock them) and writes nothing unless each
+is still the version read (`xmin`). A step that lost such a race falls back like any unusual request.
 
 Anything out of the ordinary (another case type, deductions, a platform operator, a case the caller
-may not see, a step the state does not allow, a guard that failed) raises `Slow` with nothing written,
-and the route runs the `do_*`, which gives the answer or the error. So this module only ever does
-what the `do_*` would have done, for the common case, faster. `tests/integration/aftersales/
+may not see, a step the state does not allow, a row changed since the read) raises `Slow` with nothing
+written, and the route runs the `do_*`, which gives the answer or the error. So this module only ever
+does what the `do_*` would have done, for the common case, faster. `tests/integration/aftersales/
 test_fast_path.py` runs flows both ways and compares every row they write.
 """
 from __future__ import annotations
@@ -61,16 +61,28 @@ def enabled(session: AsyncSession) -> bool:
     return is_postgres(session) and get_settings().fast_path
 
 
-# 1. A case with everything a step reads: its lines, events and parcels, the merchant's settings and
-# webhooks, the shopper's name and email. Locked (FOR UPDATE OF the given tables), the statement also
-# tells whether the row it locked is the row its snapshot saw: after waiting for another
-# transaction's lock, the children would be from before that commit, so the read is repeated (now
-# holding the lock). Unlocked, `row_xmin` guards the write instead (`write_sql(guarded=True)`).
+# 1. Reads take no lock: one statement, one consistent snapshot. Every row whose change would make
+# the step wrong comes back with its `xmin`, and the write checks them (see 3).
+#
+# A case with everything a step reads: its lines, events and parcels, the merchant's settings and
+# webhooks, the shopper's name and email; for a receipt its order's money, for a refund
+# confirmation the refund and all the case's refunds.
 @lru_cache(maxsize=8)
-def read_case_sql(lock: str = "", by_refund: bool = False) -> str:
+def read_case_sql(by_refund: bool = False, with_order: bool = False) -> str:
     return ("SELECT c.*, c.xmin::text AS row_xmin, "
-            + ("(SELECT v.xmin::text FROM aftersale_case v WHERE v.id = c.id) AS seen_xmin, " if lock else "")
             + ("to_jsonb(r) AS refund, " if by_refund else "")
+            + ("""(SELECT json_agg(json_build_object('id', f.id, 'refund_no', f.refund_no, 'status', f.status,
+     'supersedes', f.supersedes, 'xmin', f.xmin::text)) FROM refund f WHERE f.case_id = c.id) AS refunds, """
+               if by_refund else "")
+            + ("""(SELECT json_build_object('id', o.id, 'xmin', o.xmin::text,
+     'shipping_refunded_fen', o.shipping_refunded_fen,
+     'lines', (SELECT json_agg(json_build_object('id', l.id, 'xmin', l.xmin::text, 'quantity', l.quantity,
+       'paid_fen', l.paid_fen, 'refunded_fen', l.refunded_fen, 'refunded_qty', l.refunded_qty) ORDER BY l.position)
+       FROM order_line l WHERE l.order_id = o.id),
+     'payments', (SELECT json_agg(json_build_object('id', p.id, 'xmin', p.xmin::text, 'method', p.method,
+       'amount_fen', p.amount_fen, 'refunded_fen', p.refunded_fen, 'trade_no', p.trade_no) ORDER BY p.position)
+       FROM payment p WHERE p.order_id = o.id))
+   FROM "order" o WHERE o.id = c.order_id) AS "order", """ if with_order else "")
             + """m.settings AS merchant_settings, cu.name AS customer_name, cu.email AS customer_email,
   (SELECT coalesce(json_agg(json_build_object('id', l.id, 'order_line_id', l.order_line_id,
      'quantity', l.quantity, 'refund_fen', l.refund_fen, 'is_open', l.is_open) ORDER BY l.position), '[]')
@@ -85,24 +97,11 @@ def read_case_sql(lock: str = "", by_refund: bool = False) -> str:
   (SELECT coalesce(json_agg(json_build_object('id', w.id, 'url', w.url, 'events', w.events)), '[]')
    FROM webhook w WHERE w.merchant_id = c.merchant_id) AS webhooks
 FROM """ + ("refund r JOIN aftersale_case c ON c.id = r.case_id" if by_refund else "aftersale_case c")
-            + (' JOIN "order" o ON o.id = c.order_id' if "o" in lock.split(", ") else "")
             + """ JOIN merchant m ON m.id = c.merchant_id JOIN customer cu ON cu.id = c.customer_id
-WHERE """ + ("r.refund_no = %(key)s" if by_refund else "c.id = %(key)s")
-            + (f" FOR UPDATE OF {lock}" if lock else ""))
+WHERE """ + ("r.refund_no = %(key)s" if by_refund else "c.id = %(key)s"))
 
 
-# Read after the lock, in a statement of its own, so it sees every change committed before it.
-READ_ORDER = """SELECT o.shipping_refunded_fen,
-  (SELECT json_agg(json_build_object('id', l.id, 'quantity', l.quantity, 'paid_fen', l.paid_fen,
-     'refunded_fen', l.refunded_fen, 'refunded_qty', l.refunded_qty) ORDER BY l.position)
-   FROM order_line l WHERE l.order_id = o.id) AS lines,
-  (SELECT json_agg(json_build_object('id', p.id, 'method', p.method, 'amount_fen', p.amount_fen,
-     'refunded_fen', p.refunded_fen, 'trade_no', p.trade_no) ORDER BY p.position)
-   FROM payment p WHERE p.order_id = o.id) AS payments
-FROM "order" o WHERE o.id = %(id)s"""
-
-# Case creation: everything the quote reads, in one unlocked read. The write takes the case number
-# and checks, under a share lock, that the order row is still the one read (`write_sql(guard="order")`).
+# Case creation: everything the quote reads. The write checks the order row (and takes the number).
 READ_FOR_CASE = """SELECT o.customer_id, o.xmin::text AS order_xmin, o.shipping_fee_fen, o.shipping_refunded_fen,
   o.discounts, m.time_zone, m.settings AS merchant_settings, cu.name AS customer_name, cu.email AS customer_email,
   (SELECT json_agg(json_build_object('id', l.id, 'line_no', l.line_no, 'sku', l.sku, 'quantity', l.quantity,
@@ -123,11 +122,11 @@ READ_FOR_CASE = """SELECT o.customer_id, o.xmin::text AS order_xmin, o.shipping_
 FROM "order" o JOIN merchant m ON m.id = o.merchant_id JOIN customer cu ON cu.id = o.customer_id
 WHERE o.id = %(id)s AND o.merchant_id = %(merchant_id)s"""
 
-READ_REFUNDS = "SELECT refund_no, status, supersedes FROM refund WHERE case_id = %(case_id)s"
-
-# 3. Every write of a step in one statement. Each part reads a JSON array (empty when the step has
-# nothing for it); new rows are whole rows of their table, and the case is written whole, as the step
-# left it, under the lock.
+# 3. Every write of a step in one statement, in autocommit. Each part reads a JSON array; new rows are
+# whole rows of their table, and the case is written whole, as the step left it. First the guards lock
+# the rows the step read (in the order the do_* lock them) and check that each is still the version
+# read; every part writes only if all of them are (`w_ok`). So the statement writes all or nothing,
+# and nothing changed between the read and the write.
 _CASE_COLUMNS = ("status", "version", "updated_at", "closed_at", "deadline_at", "deadline_action", "alarm_at",
                  "return_address", "approved_at", "received_at", "postage_refund_fen", "refund_fen", "deductions",
                  "reject_reason")
@@ -152,45 +151,54 @@ _WRITE_PARTS = {
 
 
 # A new case's number stands in its rows as NUMBER until the write takes the day's next value of the
-# counter and puts it in their place. The counter row is locked from then until the commit, which
-# follows in the same round trip: creations queue on it for a moment, not for a whole request.
+# counter and puts it in their place. The counter row is locked from then until the statement commits:
+# creations queue on it for a moment, not for a whole request. No guard, no number: no gaps.
 NUMBER = f"@@no-{secrets.token_hex(16)}@@"
-TAKE_NUMBER = """num AS (INSERT INTO counter (merchant_id, name, value) VALUES (%(merchant_id)s, %(counter)s, 1)
+TAKE_NUMBER = """num AS (INSERT INTO counter (merchant_id, name, value)
+  SELECT %(merchant_id)s, %(counter)s, 1 WHERE (SELECT ok FROM w_ok)
   ON CONFLICT (merchant_id, name) DO UPDATE SET value = counter.value + 1
   RETURNING CASE WHEN value < 10000 THEN lpad(value::text, 4, '0') ELSE value::text END AS no)"""
 
 
-@lru_cache(maxsize=64)
-def write_sql(parts: tuple[str, ...], numbered: bool = False, guard: str | None = None) -> str:
-    """The statement that writes these parts: one data-modifying CTE each (a step has few shapes).
+# guard → the rows it locks (with their xmin), by the key it is given. Lists lock in id order.
+GUARDS = {
+    "case": "SELECT t.id, t.xmin::text AS xm FROM aftersale_case t WHERE t.id = %(g_case)s FOR UPDATE",
+    "refunds": "SELECT t.id, t.xmin::text AS xm FROM refund t WHERE t.case_id = %(g_case)s ORDER BY t.id FOR UPDATE",
+    "order": 'SELECT t.id, t.xmin::text AS xm FROM "order" t WHERE t.id = %(g_order)s FOR UPDATE',
+    # A creation only needs the order to stay as read while it writes: an edit of the order waits.
+    "order_share": 'SELECT t.id, t.xmin::text AS xm FROM "order" t WHERE t.id = %(g_order)s FOR SHARE',
+    "order_lines": "SELECT t.id, t.xmin::text AS xm FROM order_line t WHERE t.order_id = %(g_order)s"
+                   " ORDER BY t.id FOR UPDATE",
+    "payments": "SELECT t.id, t.xmin::text AS xm FROM payment t WHERE t.order_id = %(g_order)s ORDER BY t.id FOR UPDATE",
+}
 
-    numbered: take the case number (NUMBER) too. guard: write only if a row is still the one read
-    (`xmin`), all or nothing in one statement with no lock held between the read and the write:
-    "case" updates the case only if so, and the other parts only if it did; "order" takes a share
-    lock on the order row if it is unchanged (so an edit of the order waits for this), and writes
-    only if it got it.
+
+@lru_cache(maxsize=64)
+def write_sql(parts: tuple[str, ...], guards: tuple[str, ...], numbered: bool = False) -> str:
+    """The statement that checks the guards, in order, and writes these parts (a step has few shapes).
+
+    Each guard's rows must be exactly the ones read, each at the xmin read (`%(x_<guard>)s`, a JSON
+    object id → xmin). numbered: take the day's next case number for NUMBER too.
     """
-    ctes = {part: _WRITE_PARTS[part] for part in parts}
-    if guard == "case":
-        ctes = {"cases": ctes.pop("cases") + " AND t.xmin::text = %(xmin)s RETURNING t.id", **ctes}
-        gate = "w_cases"
-    elif guard == "order":
-        ctes = {"guard": 'SELECT FROM "order" WHERE id = %(guard_id)s AND xmin::text = %(xmin)s FOR SHARE', **ctes}
-        gate = "w_guard"
-    for part, cte in ctes.items():
-        if guard and f"w_{part}" != gate:
-            ctes[part] = cte + (" AND" if " WHERE " in cte else " WHERE") + f" EXISTS (SELECT FROM {gate})"
+    ctes, checks = [], []
+    for i, name in enumerate(guards):
+        after = f" AND (SELECT count(*) FROM g_{guards[i - 1]}) >= 0" if i else ""  # lock after the one before
+        sql = GUARDS[name].replace(" ORDER BY", f"{after} ORDER BY") if " ORDER BY" in GUARDS[name] else \
+            GUARDS[name].replace(" FOR ", f"{after} FOR ")
+        ctes.append(f"g_{name} AS ({sql})")
+        checks.append(f"(SELECT count(*) FROM g_{name}) = (SELECT count(*) FROM jsonb_object_keys(%(x_{name})s::jsonb))"
+                      f" AND NOT EXISTS (SELECT FROM g_{name} g WHERE %(x_{name})s::jsonb ->> g.id IS DISTINCT FROM g.xm)")
+    ctes.append("w_ok AS (SELECT " + " AND ".join(checks) + " AS ok)")
     if numbered:
-        ctes = {part: cte.replace(f"%({part})s::jsonb", f"replace(%({part})s, %(number)s, (SELECT no FROM num))::jsonb")
-                for part, cte in ctes.items()}
-    body = [f"w_{part} AS ({cte})" for part, cte in ctes.items()]
-    if numbered:
-        take = TAKE_NUMBER.replace("VALUES (%(merchant_id)s, %(counter)s, 1)",
-                                   "SELECT %(merchant_id)s, %(counter)s, 1" + (f" WHERE EXISTS (SELECT FROM {gate})"
-                                                                                if guard else ""))
-        body.insert(1 if guard == "order" else 0, take)
-    tail = "SELECT no FROM num" if numbered else f"SELECT count(*) FROM {gate}" if guard else "SELECT 1"
-    return "WITH " + ",\n".join(body) + "\n" + tail
+        ctes.append(TAKE_NUMBER)
+    for part in parts:
+        cte = _WRITE_PARTS[part]
+        cte += (" AND" if " WHERE " in cte else " WHERE") + " (SELECT ok FROM w_ok)"
+        if numbered:
+            cte = cte.replace(f"%({part})s::jsonb", f"replace(%({part})s, %(number)s, (SELECT no FROM num))::jsonb")
+        ctes.append(f"w_{part} AS ({cte})")
+    tail = "SELECT (SELECT ok FROM w_ok), " + ("(SELECT no FROM num)" if numbered else "NULL")
+    return "WITH " + ",\n".join(ctes) + "\n" + tail
 
 
 _PARTS = (*_INSERTS, *_UPDATES)
@@ -211,38 +219,33 @@ def _at(text: str | None) -> datetime | None:
 
 
 class Step:
-    """One request's statements: the reads, and the writes it gathers for `write_sql`."""
+    """One request's statements: the read, and the writes and guards it gathers for `write_sql`."""
 
     def __init__(self, driver: Any) -> None:
         self.driver = driver
         self.writes: dict[str, list] = {part: [] for part in _PARTS}
         self.closed: list[str] = []
-        self.order_id: str | None = None  # the order a guarded creation writes under
+        # guard → the rows the step read (id → xmin), and the keys the guards find them by
+        self.guards: dict[str, dict[str, str]] = {}
+        self.keys: dict[str, str] = {}
 
     @classmethod
     @asynccontextmanager
-    async def begin(cls, guarded: bool = False) -> AsyncIterator["Step"]:
-        """A pooled connection and one transaction on it, committed by `write`, rolled back on any exception.
-
-        guarded: no transaction, each statement on its own (autocommit): an unlocked read, then a write
-        that checks nothing changed since (`write(guard=…)`). Two statements instead of four.
+    async def begin(cls) -> AsyncIterator["Step"]:
+        """A pooled connection in autocommit: each of the step's two statements is its own transaction.
 
         The connection comes straight from the engine's pool, without a session: the step needs none of
-        its bookkeeping. (psycopg's pipeline mode would save two round trips a step, but costs the server
-        about 100 µs more CPU per transaction, and the server's CPU is what limits throughput.)
+        its bookkeeping. (Locking reads in a transaction cost the server two more commands a step, BEGIN
+        and COMMIT; psycopg's pipeline mode saved their round trips but cost about 100 µs more CPU per
+        transaction, and the server's CPU is what limits throughput.)
         """
         fairy = await get_engine().raw_connection()
         driver = fairy.driver_connection
+        await driver.set_autocommit(True)
         try:
-            if guarded:
-                await driver.set_autocommit(True)
             yield cls(driver)
-        except BaseException:
-            await driver.rollback()
-            raise
         finally:
-            if guarded:
-                await driver.set_autocommit(False)
+            await driver.set_autocommit(False)
             await greenlet_spawn(fairy.close)
 
     async def rows(self, sql: str, params: dict) -> list[dict]:
@@ -250,18 +253,17 @@ class Step:
         await cur.execute(sql, params)
         return await cur.fetchall()
 
-    async def case(self, key: str, lock: str = "c", by_refund: bool = False) -> SimpleNamespace:
-        """Read a case whole, as plain objects: locked (`lock`: the tables locked, in that order) or not."""
-        sql = read_case_sql(lock, by_refund)
-        for _ in range(2):
-            found = await self.rows(sql, {"key": key})
-            if not found:
-                raise Slow
-            row = found[0]
-            if not lock or row["row_xmin"] == row["seen_xmin"]:
-                break
-        else:
-            raise Slow  # changed again under us (cannot happen while we hold the lock)
+    def guard(self, name: str, rows: dict[str, str], **keys: str) -> None:
+        """Write only if these rows (id → xmin as read) are still exactly so; lock them, in this order."""
+        self.guards[name] = rows
+        self.keys.update(keys)
+
+    async def case(self, key: str, by_refund: bool = False, with_order: bool = False) -> SimpleNamespace:
+        """Read a case whole, as plain objects (by id, or by one of its refunds' numbers)."""
+        found = await self.rows(read_case_sql(by_refund, with_order), {"key": key})
+        if not found:
+            raise Slow
+        row = found[0]
         case = SimpleNamespace(**row)
         case.lines = [SimpleNamespace(**ln) for ln in row["lines"]]
         case.events = [SimpleNamespace(**{**e, "at": _at(e["at"])}) for e in row["events"]]
@@ -273,14 +275,12 @@ class Step:
         case.webhook_events = (row["merchant_settings"] or {}).get("webhook_events")
         case.webhooks = [SimpleNamespace(**w) for w in row["webhooks"]]
         case.changed = False
+        if with_order:
+            o = row["order"]
+            case.order = SimpleNamespace(id=o["id"], xmin=o["xmin"], shipping_refunded_fen=o["shipping_refunded_fen"],
+                                         lines=[SimpleNamespace(**ln) for ln in o["lines"] or []],
+                                         payments=[SimpleNamespace(**p) for p in o["payments"] or []])
         return case
-
-    async def order(self, order_id: str) -> SimpleNamespace:
-        """An order's money, read after it was locked (with its case, `lock="c, o"`), so it is current."""
-        row = (await self.rows(READ_ORDER, {"id": order_id}))[0]
-        return SimpleNamespace(id=order_id, shipping_refunded_fen=row["shipping_refunded_fen"],
-                               lines=[SimpleNamespace(**ln) for ln in row["lines"] or []],
-                               payments=[SimpleNamespace(**p) for p in row["payments"] or []])
 
     # What `_event`, `record` and `enqueue` add to a session, as rows for `write_sql`.
     def event(self, case, actor: str, actor_id: str | None, action: str, from_status: str | None,
@@ -336,12 +336,10 @@ class Step:
         case.changed = True
         return target
 
-    async def write(self, *cases, counter: tuple[str, str] | None = None, guard: str | None = None) -> str | None:
-        """Write, and commit unless the step runs guarded (each statement its own transaction).
+    async def write(self, *cases, counter: tuple[str, str] | None = None) -> str | None:
+        """Check the guards and write, in one statement; Slow (nothing written) if a guarded row changed.
 
-        counter (merchant, name): take its next value for NUMBER and return it. guard: the xmin read of
-        the row that must not have changed (the order's when there is a counter, else the case's); if it
-        has, nothing is written and the step is Slow.
+        counter (merchant, name): take its next value for NUMBER and return it.
         """
         self.writes["cases"] = [{"id": c.id, **{col: getattr(c, col) for col in _CASE_COLUMNS}}
                                 for c in cases if c.changed]
@@ -350,25 +348,19 @@ class Step:
             params["closed"] = self.closed
         parts = tuple(params)
         params.update({f"{part}_ids": [row["id"] for row in self.writes[part]] for part in parts if part in _UPDATES})
-        cur = self.driver.cursor()
-        if guard is None:
-            if params:
-                await cur.execute(write_sql(parts), params)
-            await self.driver.commit()
-            return None
-        kind = "order" if counter else "case"
-        sql = write_sql(parts, numbered=counter is not None, guard=kind)
-        params["xmin"] = guard
+        params.update({f"x_{name}": json.dumps(rows) for name, rows in self.guards.items()})
+        params.update({f"g_{key}": value for key, value in self.keys.items()})
         if counter:
-            params.update(guard_id=self.order_id, merchant_id=counter[0], counter=counter[1], number=NUMBER)
+            params.update(merchant_id=counter[0], counter=counter[1], number=NUMBER)
+        cur = self.driver.cursor()
         try:
-            await cur.execute(sql, params)
-        except psycopg.IntegrityError:
+            await cur.execute(write_sql(parts, tuple(self.guards), counter is not None), params)
+        except (psycopg.IntegrityError, psycopg.errors.DeadlockDetected):
             raise Slow from None  # e.g. a line opened by another case meanwhile: the do_* says so
-        answer = await cur.fetchone()
-        if not answer or not answer[0]:
+        ok, number = await cur.fetchone()
+        if not ok:
             raise Slow  # changed since it was read: the do_* takes it from here
-        return answer[0] if counter else None
+        return number
 
 
 def next_status(action: str, case) -> str:
@@ -392,7 +384,8 @@ def _buyer(principal: Principal, case) -> None:
 # 2. The steps. Each mirrors its do_* for the cases it takes, and raises Slow for the rest.
 async def approve(step: Step, principal: Principal, case_id: str, body: ApproveIn):
     """`do_approve` of a case that goes to awaiting_return, with no deductions."""
-    case = await step.case(case_id, lock="")
+    case = await step.case(case_id)
+    step.guard("case", {case.id: case.row_xmin}, case=case.id)
     _staff_side(principal, case)
     if body.deductions or (body.expected_version is not None and body.expected_version != case.version):
         raise Slow
@@ -406,13 +399,14 @@ async def approve(step: Step, principal: Principal, case_id: str, body: ApproveI
         raise Slow
     case.approved_at = now()
     step.move(case, "approve", principal.actor, principal.actor_id, body.note)
-    await step.write(case, guard=case.row_xmin)
+    await step.write(case)
     return case, []
 
 
 async def ship_return(step: Step, principal: Principal, case_id: str, body: WaybillIn):
     """`do_ship_return` without return postage (the buyer's own cost)."""
-    case = await step.case(case_id, lock="")
+    case = await step.case(case_id)
+    step.guard("case", {case.id: case.row_xmin}, case=case.id)
     _buyer(principal, case)
     if body.postage_fen:
         raise Slow
@@ -425,19 +419,24 @@ async def ship_return(step: Step, principal: Principal, case_id: str, body: Wayb
                                           shipped_at=at, signed_at=None))
     step.move(case, "ship_return", "buyer", principal.customer_id, f"{body.carrier} {body.tracking_no}",
               data={"carrier": body.carrier, "tracking_no": body.tracking_no})
-    await step.write(case, guard=case.row_xmin)
+    await step.write(case)
     return case, []
 
 
 async def receive(step: Step, principal: Principal, case_id: str, body: ReceiveIn):
     """`do_receive` of a return_refund whose goods passed inspection: the refunds are created."""
-    case = await step.case(case_id, lock="c, o")
+    case = await step.case(case_id, with_order=True)
+    order = case.order
+    # As do_receive locks them: the case, then the order; and the order's money rows this writes.
+    step.guard("case", {case.id: case.row_xmin}, case=case.id)
+    step.guard("order", {order.id: order.xmin}, order=order.id)
+    step.guard("order_lines", {ln.id: ln.xmin for ln in order.lines})
+    step.guard("payments", {p.id: p.xmin for p in order.payments})
     _staff_side(principal, case)
     if body.outcome != "ok" or case.type != "return_refund" or (
             body.expected_version is not None and body.expected_version != case.version):
         raise Slow
     next_status("receive", case)
-    order = await step.order(case.order_id)
     case.received_at = now()
     step.move(case, "receive", principal.actor, principal.actor_id, body.note)
     refunds = start_refunds(step, case, order)
@@ -493,7 +492,7 @@ def start_refunds(step: Step, case, order) -> list:
 
 async def create(principal: Principal, body: CaseIn) -> dict:
     """`do_create_case` of a case that waits for review (no exchange goods, photos the caller's own)."""
-    async with Step.begin(guarded=True) as step:
+    async with Step.begin() as step:
         return await _create(step, principal, body)
 
 
@@ -511,7 +510,7 @@ async def _create(step: Step, principal: Principal, body: CaseIn) -> dict:
     if not found or (principal.kind == "shopper" and found[0]["customer_id"] != principal.customer_id):
         raise Slow
     row = found[0]
-    step.order_id = body.order_id
+    step.guard("order_share", {body.order_id: row["order_xmin"]}, order=body.order_id)
     at = now()
     day = at.astimezone(ZoneInfo(row["time_zone"])).strftime("%Y%m%d")
     uploads = {u["id"]: u for u in row["uploads"]}
@@ -564,7 +563,7 @@ async def _create(step: Step, principal: Principal, body: CaseIn) -> dict:
                action="aftersales.create", object_type="aftersale_case", object_id=case.id,
                data={"refund_fen": case.refund_fen, "type": case.type})
     step.writes["new_cases"].append({col: getattr(case, col) for col in _NEW_CASE_COLUMNS})
-    case.case_no = f"AS{day}-{await step.write(counter=(merchant_id, f'AS{day}'), guard=row['order_xmin'])}"
+    case.case_no = f"AS{day}-{await step.write(counter=(merchant_id, f'AS{day}'))}"
     return case_out(case, [], shopper=principal.kind == "shopper")
 
 
@@ -576,16 +575,13 @@ _NEW_CASE_COLUMNS = ("id", "merchant_id", "case_no", "order_id", "customer_id", 
                      "received_at", "closed_at")
 
 
-# action → (body schema, step, whether it writes guarded rather than under a lock). Approval and the
-# waybill change the case row alone; receipt moves money on the order's rows, so it locks.
-STEPS = {"approve": (ApproveIn, approve, True), "ship-return": (WaybillIn, ship_return, True),
-         "receive": (ReceiveIn, receive, False)}
+STEPS = {"approve": (ApproveIn, approve), "ship-return": (WaybillIn, ship_return), "receive": (ReceiveIn, receive)}
 
 
 async def case_action(principal: Principal, case_id: str, action: str, body) -> dict:
     """Run one step of STEPS and answer as the route would; Slow if it cannot."""
-    _, run, guarded = STEPS[action]
-    async with Step.begin(guarded) as step:
+    async with Step.begin() as step:
+        run = STEPS[action][1]
         case, refunds = await run(step, principal, case_id, body)
     return case_out(case, refunds, shopper=principal.kind == "shopper")
 
@@ -602,8 +598,11 @@ async def _confirm_refund(step: Step, principal: Principal, refund_no: str, refe
 
     if principal.kind != "staff" or not principal.is_merchant_side:
         raise Slow
-    # The refund, then its case, locked in that order (as apply_result and on_refunds_changed do).
-    case = await step.case(refund_no, lock="r, c", by_refund=True)
+    case = await step.case(refund_no, by_refund=True)
+    # As apply_result and on_refunds_changed lock them: the refunds (this one and the others, whose
+    # statuses decide whether the case is settled), then the case.
+    step.guard("refunds", {r["id"]: r["xmin"] for r in case.refunds}, case=case.id)
+    step.guard("case", {case.id: case.row_xmin})
     refund = SimpleNamespace(**case.refund)
     refund.created_at = _at(refund.created_at)
     if refund.merchant_id != principal.merchant_id or refund.provider != "manual" or refund.status not in OPEN_STATUSES:
@@ -620,8 +619,8 @@ async def _confirm_refund(step: Step, principal: Principal, refund_no: str, refe
     step.audit(merchant_id=refund.merchant_id, actor_type="system", actor_id=refund.provider,
                action="refund.succeeded", object_type="refund", object_id=refund.refund_no,
                data={"from": before, "amount_fen": refund.amount_fen, "detail": detail})
-    # on_refunds_changed: the case completes when this was its last open refund (read after the locks).
-    others = await step.rows(READ_REFUNDS, {"case_id": refund.case_id})
+    # on_refunds_changed: the case completes when this was its last open refund.
+    others = case.refunds
     statuses = {r["refund_no"]: ("succeeded" if r["refund_no"] == refund_no else r["status"]) for r in others}
     superseded = {r["supersedes"] for r in others if r["supersedes"]}
     live = [s for no, s in statuses.items() if no not in superseded]
