@@ -181,6 +181,12 @@ def write_sql(parts: tuple[str, ...], guards: tuple[str, ...], numbered: bool = 
     object id → xmin). numbered: take the day's next case number for NUMBER too.
     """
     ctes, checks = [], []
+    if guards == ("case",) and "cases" in parts:
+        # One row, and the step updates it: the UPDATE itself is the guard (one lock, not two).
+        cases = _WRITE_PARTS["cases"] + " AND t.xmin::text = %(x_case)s::jsonb ->> t.id RETURNING t.id"
+        ctes += [f"w_cases AS ({cases})", "w_ok AS (SELECT EXISTS (SELECT FROM w_cases) AS ok)"]
+        parts = tuple(p for p in parts if p != "cases")
+        guards = ()
     for i, name in enumerate(guards):
         after = f" AND (SELECT count(*) FROM g_{guards[i - 1]}) >= 0" if i else ""  # lock after the one before
         sql = GUARDS[name].replace(" ORDER BY", f"{after} ORDER BY") if " ORDER BY" in GUARDS[name] else \
@@ -188,7 +194,8 @@ def write_sql(parts: tuple[str, ...], guards: tuple[str, ...], numbered: bool = 
         ctes.append(f"g_{name} AS ({sql})")
         checks.append(f"(SELECT count(*) FROM g_{name}) = (SELECT count(*) FROM jsonb_object_keys(%(x_{name})s::jsonb))"
                       f" AND NOT EXISTS (SELECT FROM g_{name} g WHERE %(x_{name})s::jsonb ->> g.id IS DISTINCT FROM g.xm)")
-    ctes.append("w_ok AS (SELECT " + " AND ".join(checks) + " AS ok)")
+    if checks:
+        ctes.append("w_ok AS (SELECT " + " AND ".join(checks) + " AS ok)")
     if numbered:
         ctes.append(TAKE_NUMBER)
     for part in parts:
