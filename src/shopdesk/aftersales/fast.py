@@ -45,7 +45,7 @@ from shopdesk.aftersales.policy import policy_from, settings_from
 from shopdesk.aftersales.rules import TenderView, split_over_tenders
 from shopdesk.aftersales.schemas import ApproveIn, CaseIn, ReceiveIn, WaybillIn
 from shopdesk.core.clock import now
-from shopdesk.core.db import get_engine, is_postgres
+from shopdesk.core.db import autocommit_engine, is_postgres
 from shopdesk.core.errors import IllegalTransition
 from shopdesk.core.ids import new_id
 from shopdesk.notifications.actions import case_event_data, case_mail, webhook_payloads, wants
@@ -241,18 +241,15 @@ class Step:
     async def begin(cls) -> AsyncIterator["Step"]:
         """A pooled connection in autocommit: each of the step's two statements is its own transaction.
 
-        The connection comes straight from the engine's pool, without a session: the step needs none of
-        its bookkeeping. (Locking reads in a transaction cost the server two more commands a step, BEGIN
+        The connection comes from a pool of its own (`core.db.autocommit_engine`), without a session:
+        the step needs none of its bookkeeping. (Locking reads in a transaction cost the server two more commands a step, BEGIN
         and COMMIT; psycopg's pipeline mode saved their round trips but cost about 100 µs more CPU per
         transaction, and the server's CPU is what limits throughput.)
         """
-        fairy = await get_engine().raw_connection()
-        driver = fairy.driver_connection
-        await driver.set_autocommit(True)
+        fairy = await autocommit_engine().raw_connection()
         try:
-            yield cls(driver)
+            yield cls(fairy.driver_connection)
         finally:
-            await driver.set_autocommit(False)
             await greenlet_spawn(fairy.close)
 
     async def rows(self, sql: str, params: dict) -> list[dict]:

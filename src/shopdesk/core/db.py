@@ -61,6 +61,7 @@ def created_column() -> Mapped[datetime]:
 
 _engine: AsyncEngine | None = None
 _sessionmaker: async_sessionmaker[AsyncSession] | None = None
+_autocommit_engine: AsyncEngine | None = None
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -118,11 +119,28 @@ def sessionmaker() -> async_sessionmaker[AsyncSession]:
     return _sessionmaker
 
 
+def autocommit_engine() -> AsyncEngine:
+    """A second PostgreSQL pool, in autocommit, for code that sends its own SQL (`aftersales.fast`).
+
+    Its own connections, because psycopg forgets every prepared statement of a connection when a
+    transaction on it rolls back, as the ORM's sessions do after each read-only request: on shared
+    connections the fast path's statements would be planned afresh all the time.
+    """
+    global _autocommit_engine
+    if _autocommit_engine is None or _autocommit_engine.url != get_engine().url:
+        url = get_engine().url
+        assert url.get_backend_name() == "postgresql"
+        _autocommit_engine = create_async_engine(url, connect_args={"autocommit": True}, pool_size=16,
+                                                 max_overflow=4, pool_recycle=1800)
+    return _autocommit_engine
+
+
 async def dispose_engine() -> None:
-    global _engine, _sessionmaker
-    if _engine is not None:
-        await _engine.dispose()
-    _engine = None
+    global _engine, _sessionmaker, _autocommit_engine
+    for engine in (_engine, _autocommit_engine):
+        if engine is not None:
+            await engine.dispose()
+    _engine = _autocommit_engine = None
     _sessionmaker = None
 
 
