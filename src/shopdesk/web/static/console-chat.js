@@ -497,6 +497,9 @@
     });
 
     fillAgentSelects(pane);
+    // Presence events are best effort: a colleague who came online while this console was connecting
+    // could be missing from transfer and invite. Opening a conversation reads the colleagues afresh.
+    loadAgents();
     updatePaneHead(pane);
     loadHistory(pane);
     loadCard(pane);
