@@ -169,7 +169,8 @@ GUARDS = {
     "order_share": 'SELECT t.id, t.xmin::text AS xm FROM "order" t WHERE t.id = %(g_order)s FOR SHARE',
     "order_lines": "SELECT t.id, t.xmin::text AS xm FROM order_line t WHERE t.order_id = %(g_order)s"
                    " ORDER BY t.id FOR UPDATE",
-    "payments": "SELECT t.id, t.xmin::text AS xm FROM payment t WHERE t.order_id = %(g_order)s ORDER BY t.id FOR UPDATE",
+    "payments": "SELECT t.id, t.xmin::text AS xm FROM payment t WHERE t.order_id = %(g_order)s"
+                " ORDER BY t.id FOR UPDATE",
 }
 
 
@@ -192,7 +193,8 @@ def write_sql(parts: tuple[str, ...], guards: tuple[str, ...], numbered: bool = 
         sql = GUARDS[name].replace(" ORDER BY", f"{after} ORDER BY") if " ORDER BY" in GUARDS[name] else \
             GUARDS[name].replace(" FOR ", f"{after} FOR ")
         ctes.append(f"g_{name} AS ({sql})")
-        checks.append(f"(SELECT count(*) FROM g_{name}) = (SELECT count(*) FROM jsonb_object_keys(%(x_{name})s::jsonb))"
+        checks.append(f"(SELECT count(*) FROM g_{name})"
+                      f" = (SELECT count(*) FROM jsonb_object_keys(%(x_{name})s::jsonb))"
                       f" AND NOT EXISTS (SELECT FROM g_{name} g WHERE %(x_{name})s::jsonb ->> g.id IS DISTINCT FROM g.xm)")
     if checks:
         ctes.append("w_ok AS (SELECT " + " AND ".join(checks) + " AS ok)")
@@ -242,9 +244,9 @@ class Step:
         """A pooled connection in autocommit: each of the step's two statements is its own transaction.
 
         The connection comes from a pool of its own (`core.db.autocommit_engine`), without a session:
-        the step needs none of its bookkeeping. (Locking reads in a transaction cost the server two more commands a step, BEGIN
-        and COMMIT; psycopg's pipeline mode saved their round trips but cost about 100 µs more CPU per
-        transaction, and the server's CPU is what limits throughput.)
+        the step needs none of its bookkeeping. (Locking reads in a transaction cost the server two more
+        commands a step, BEGIN and COMMIT; psycopg's pipeline mode saved their round trips but cost
+        about 100 µs more CPU per transaction, and the server's CPU is what limits throughput.)
         """
         fairy = await autocommit_engine().raw_connection()
         try:
