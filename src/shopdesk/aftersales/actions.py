@@ -262,6 +262,19 @@ def _parcel(case: AftersaleCase, direction: str) -> CaseShipment | None:
     return parcels[-1] if parcels else None
 
 
+def transition(case, target: str, at: datetime) -> str:
+    """Set the case's own columns for a move to target (the fast path shares it); return the status left."""
+    before = case.status
+    case.status = target
+    case.version += 1
+    case.updated_at = at
+    if target in states.FINAL:
+        case.closed_at = at
+        for line in case.lines:
+            line.is_open = False
+    return before
+
+
 async def _move(session: AsyncSession, case: AftersaleCase, action: str, actor: str, actor_id: str | None,
                 note: str = "", data: dict | None = None, settings: dict | None = None) -> str:
     """Apply one transition of the state table with its event, deadline and notifications."""
@@ -270,15 +283,8 @@ async def _move(session: AsyncSession, case: AftersaleCase, action: str, actor: 
         # Read before anything changes: a read after would flush the case, and the deadline set
         # below would cost a second UPDATE.
         settings = aftersales_settings(await merchant_of(session, case.merchant_id))
-    before = case.status
     at = now()
-    case.status = target
-    case.version += 1
-    case.updated_at = at
-    if target in states.FINAL:
-        case.closed_at = at
-        for line in case.lines:
-            line.is_open = False
+    before = transition(case, target, at)
     _event(session, case, actor, actor_id, action, before, target, note, data)
     _arm(case, settings, at)
     await notify_case_change(session, case, action)

@@ -40,7 +40,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from shopdesk.accounts.auth import Principal
 from shopdesk.aftersales import states
-from shopdesk.aftersales.actions import _arm, case_out
+from shopdesk.aftersales.actions import _arm, case_out, transition
 from shopdesk.aftersales.policy import policy_from, settings_from
 from shopdesk.aftersales.rules import TenderView, split_over_tenders
 from shopdesk.aftersales.schemas import ApproveIn, CaseIn, ReceiveIn, WaybillIn
@@ -324,15 +324,9 @@ class Step:
              data: dict | None = None) -> str:
         """What `actions._move` does, on the plain case."""
         target = next_status(action, case)
-        before = case.status
         at = now()
-        case.status = target
-        case.version += 1
-        case.updated_at = at
+        before = transition(case, target, at)
         if target in states.FINAL:
-            case.closed_at = at
-            for line in case.lines:
-                line.is_open = False
             self.closed.append(case.id)
         self.event(case, actor, actor_id, action, before, target, note, data)
         _arm(case, case.settings, at)
